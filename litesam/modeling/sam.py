@@ -1,0 +1,90 @@
+"""The SAM model: image encoder + prompt encoder + mask decoder, with its pre- and post-processing.
+
+Every model in the zoo exposes this interface, so the predictor and the mask generator never ask which
+model they drive: ``image_size``, ``preprocess``, ``image_encoder``, ``decode``, ``postprocess_masks``,
+``mask_threshold``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..utils.transforms import normalize_and_pad
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    """Segment Anything with any image encoder that maps Bx3xSxS to Bx256x64x64."""
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
+        pixel_std: Sequence[float] = SAM_PIXEL_STD,
+        image_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.image_size = image_size
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False
+        )
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def prompt_frame_size(self) -> int:
+        """Side (pixels) of the square frame in which prompts are given to :meth:`decode`."""
+        return self.prompt_encoder.input_image_size[0]
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xhxw float pixels (0-255, longest side = image_size) -> normalized, padded Bx3xSxS."""
+        return normalize_and_pad(x, self.pixel_mean, self.pixel_std, self.image_size)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> (low-res mask logits BxMx256x256, predicted IoU BxM), M = 3 or 1.
+
+        image_embeddings: 1x256x64x64 (shared) or Bx256x64x64; point_coords: BxNx2 and boxes: Bx4 in
+        the encoder-input pixel frame; point_labels: BxN (1 fg, 0 bg, -1 ignore); mask_input: Bx1x256x256.
+        """
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """BxMx256x256 logits -> BxMxHxW logits in the original image frame (bilinear, unpadded)."""
+        masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)

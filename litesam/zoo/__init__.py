@@ -1,0 +1,1 @@
+"""Model families of the registry: each module exports ``MODELS: list[ModelSpec]``."""

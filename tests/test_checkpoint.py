@@ -1,0 +1,128 @@
+"""Checkpoint files: the usual containers load; anything wrong is a clear error naming file, model and keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_sam
+
+import litesam
+from litesam.checkpoint import CheckpointError, load_into, read_state_dict
+
+
+@pytest.fixture()
+def state():
+    return tiny_sam(seed=1).state_dict()
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"model": sd},
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {"module." + k: v for k, v in sd.items()},
+        lambda sd: {"model": {"module." + k: v for k, v in sd.items()}, "optimizer": {}},
+    ],
+    ids=["plain", "model", "state_dict", "module-prefix", "nested"],
+)
+def test_common_containers_load_exactly(tmp_path, state, wrap):
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrap(state), path)
+    model = tiny_sam(seed=2)
+    load_into(model, read_state_dict(path), "tiny", str(path))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "nope.pth")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        read_state_dict(tmp_path / "empty.pth")
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "photo.pth"
+    path.write_text("this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="photo.pth.*not a readable PyTorch checkpoint"):
+        read_state_dict(path)
+
+
+def test_truncated_download(tmp_path, state):
+    path = tmp_path / "cut.pth"
+    torch.save(state, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_state_dict(path)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_arbitrary_pickles_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        read_state_dict(path)
+
+
+def test_no_state_dict_inside(tmp_path):
+    path = tmp_path / "meta.pth"
+    torch.save({"epoch": 3, "lr": 0.1}, path)
+    with pytest.raises(CheckpointError, match="does not contain a state_dict"):
+        read_state_dict(path)
+
+
+def test_wrong_model_names_file_model_and_keys(tmp_path, state):
+    path = tmp_path / "other.pth"
+    torch.save({"backbone.conv.weight": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError) as err:
+        litesam.build_model("mobile_sam", checkpoint=path)
+    msg = str(err.value)
+    assert "other.pth" in msg and "'mobile_sam'" in msg
+    assert "missing keys (first: image_encoder." in msg
+    assert "1 unexpected keys (first: backbone.conv.weight)" in msg
+
+
+def test_shape_mismatch_is_reported_not_skipped(tmp_path, state):
+    bad = dict(state)
+    bad["mask_decoder.iou_token.weight"] = torch.zeros(1, 8)
+    model = tiny_sam()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        CheckpointError, match=r"mask_decoder.iou_token.weight: checkpoint \(1, 8\) vs model \(1, 256\)"
+    ):
+        load_into(model, bad, "tiny", "bad.pth")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), (
+        "a failed load changed weights"
+    )
+
+
+def test_unknown_model_name_suggests_close_matches():
+    with pytest.raises(ValueError, match="unknown model 'sam_vit_x'.*Did you mean.*sam_vit_b"):
+        litesam.build_model("sam_vit_x")
+
+
+def test_official_layout_round_trip_through_build_model(tmp_path):
+    reference = litesam.build_model("mobile_sam")
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(reference.state_dict(), path)
+    loaded = litesam.build_model("mobile_sam", checkpoint=path)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_offline_auto_checkpoint_says_what_to_pass(monkeypatch, tmp_path):
+    monkeypatch.setenv("LITESAM_OFFLINE", "1")
+    monkeypatch.setenv("LITESAM_HOME", str(tmp_path))
+    with pytest.raises(Exception, match="--checkpoint") as err:
+        litesam.build_model("sam_vit_b", checkpoint="auto")
+    assert str(tmp_path) in str(err.value)

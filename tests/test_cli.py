@@ -1,0 +1,122 @@
+"""The ``litesam`` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import photo
+from PIL import Image
+
+import litesam
+from litesam.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "mobile_sam.pt"
+    torch.manual_seed(0)
+    torch.save(litesam.build_model("mobile_sam").state_dict(), path)
+    return path
+
+
+@pytest.fixture()
+def image_file(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(photo(90, 130)).save(path)
+    return path
+
+
+def test_segment_writes_masks_overlay_and_json(tmp_path, image_file, checkpoint, capsys):
+    out = tmp_path / "out"
+    argv = [
+        "segment", str(image_file), "--model", "mobile_sam", "--checkpoint", str(checkpoint),
+        "--point", "60,40", "--point", "5,5,0", "--box", "10,10,100,80", "--multimask", "-o", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "photo.json").read_text())
+    assert summary["model"] == "mobile_sam" and summary["size_hw"] == [90, 130]
+    assert summary["prompts"] == {
+        "points": [[60, 40], [5, 5]],
+        "labels": [1, 0],
+        "boxes": [[10, 10, 100, 80]],
+    }
+    assert len(summary["masks"]) == 3
+    for record in summary["masks"]:
+        mask = np.asarray(Image.open(out / record["file"]))
+        assert mask.shape == (90, 130) and set(np.unique(mask)) <= {0, 255}
+        assert record["area"] == int((mask > 0).sum())
+    overlay = Image.open(out / "photo_overlay.png")
+    assert overlay.size == (130, 90) and overlay.mode == "RGB"
+    assert "3 mask(s) written" in capsys.readouterr().out
+
+
+def test_several_boxes_give_one_mask_each(tmp_path, image_file, checkpoint):
+    out = tmp_path / "out"
+    argv = ["segment", str(image_file), "--model", "mobile_sam", "--checkpoint", str(checkpoint)]
+    assert main(argv + ["--box", "0,0,50,50", "--box", "40,30,120,85", "-o", str(out)]) == 0
+    assert len(json.loads((out / "photo.json").read_text())["masks"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "at least one prompt"),
+        (["--point", "500,10"], "outside the image"),
+        (["--box", "0,0,5,5", "--box", "1,1,6,6", "--point", "3,3"], "cannot be combined"),
+    ],
+)
+def test_prompt_errors_exit_2_with_a_message(tmp_path, image_file, checkpoint, capsys, extra, message):
+    argv = ["segment", str(image_file), "--model", "mobile_sam", "--checkpoint", str(checkpoint)]
+    assert main(argv + extra + ["-o", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_point_syntax_is_an_argparse_error(capsys, image_file):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(image_file), "--point", "1;2"])
+    assert exit_info.value.code == 2
+    assert "--point X,Y[,LABEL] expects 2 or 3" in capsys.readouterr().err
+
+
+def test_wrong_checkpoint_and_unreadable_image(tmp_path, image_file, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    assert (
+        main(
+            ["segment", str(image_file), "--model", "mobile_sam", "--checkpoint", str(bad), "--point", "1,1"]
+        )
+        == 2
+    )
+    assert "bad.pt is not a readable PyTorch checkpoint" in capsys.readouterr().err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 nope")
+    assert main(["segment", str(broken), "--point", "1,1"]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in litesam.list_models():
+        assert name in out
+
+
+def test_offline_download_says_what_to_do(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("LITESAM_OFFLINE", "1")
+    monkeypatch.setenv("LITESAM_HOME", str(tmp_path))
+    assert main(["download", "sam_vit_b"]) == 2
+    err = capsys.readouterr().err
+    assert "sam_vit_b_01ec64.pth" in err and "--checkpoint" in err
+
+
+def test_console_script_help():
+    for sub in ([], ["segment"], ["models"], ["download"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "litesam", *sub, "--help"], capture_output=True, text=True
+        )
+        assert done.returncode == 0 and "usage: litesam" in done.stdout

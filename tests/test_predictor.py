@@ -1,0 +1,132 @@
+"""The Predictor's contract: accepted inputs, output shapes and types, and clear errors for bad prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import photo, tiny_sam
+from PIL import Image
+
+import litesam
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    p = litesam.Predictor(tiny_sam())
+    p.set_image(photo(120, 160))
+    return p
+
+
+def test_predict_before_set_image_is_an_error():
+    with pytest.raises(RuntimeError, match="set_image"):
+        litesam.Predictor(tiny_sam()).predict(point_coords=[[1, 1]], point_labels=[1])
+
+
+def test_embedding_and_sizes(predictor):
+    assert predictor.get_image_embedding().shape == (1, 256, 64, 64)
+    assert predictor.original_size == (120, 160)
+    assert predictor.input_size == (768, 1024)
+
+
+@pytest.mark.parametrize("multimask, count", [(True, 3), (False, 1)])
+def test_outputs_shapes_and_types(predictor, multimask, count):
+    masks, scores, logits = predictor.predict([[80, 60]], [1], multimask_output=multimask)
+    assert masks.shape == (count, 120, 160) and masks.dtype == bool
+    assert scores.shape == (count,) and scores.dtype == np.float32
+    assert logits.shape == (count, 256, 256)
+
+
+def test_return_logits_thresholds_to_the_masks(predictor):
+    masks, _, _ = predictor.predict([[80, 60]], [1])
+    logits, _, _ = predictor.predict([[80, 60]], [1], return_logits=True)
+    assert logits.dtype == np.float32
+    np.testing.assert_array_equal(logits > 0.0, masks)
+
+
+def test_mask_input_accepts_previous_logits(predictor):
+    _, scores, logits = predictor.predict([[80, 60]], [1])
+    masks, _, _ = predictor.predict(
+        [[80, 60]], [1], mask_input=logits[np.argmax(scores)][None], multimask_output=False
+    )
+    assert masks.shape == (1, 120, 160)
+
+
+def test_predict_batch_equals_one_by_one(predictor):
+    boxes = np.array([[10, 10, 90, 70], [40, 30, 150, 110], [0, 0, 160, 120]])
+    masks, scores, logits = predictor.predict_batch(boxes=boxes, batch_size=2)
+    assert masks.shape == (3, 1, 120, 160) and scores.shape == (3, 1)
+    for k, box in enumerate(boxes):
+        m, s, lg = predictor.predict(box=box, multimask_output=False)
+        np.testing.assert_allclose(logits[k], lg, atol=1e-5)
+        assert (masks[k] != m).mean() < 1e-4
+
+
+BAD_PROMPTS = {
+    "no prompt": (dict(), "no prompt"),
+    "coords without labels": (dict(point_coords=[[1, 1]]), "together"),
+    "label count": (dict(point_coords=[[1, 1], [2, 2]], point_labels=[1]), r"shape \(2,\)"),
+    "label value": (dict(point_coords=[[1, 1]], point_labels=[2]), "1 \\(foreground\\) or 0"),
+    "coords shape": (dict(point_coords=[1, 1], point_labels=[1]), "Nx2"),
+    "point outside": (
+        dict(point_coords=[[161, 10]], point_labels=[1]),
+        r"point \(161, 10\) is outside the image",
+    ),
+    "negative point": (dict(point_coords=[[-1, 10]], point_labels=[1]), "outside the image"),
+    "nan point": (dict(point_coords=[[np.nan, 10]], point_labels=[1]), "NaN"),
+    "box outside": (dict(box=[0, 0, 200, 100]), "reaches outside the image"),
+    "box inverted": (dict(box=[50, 50, 10, 10]), "x0 <= x1"),
+    "box shape": (dict(box=[1, 2, 3]), "4 numbers"),
+    "mask shape": (dict(point_coords=[[1, 1]], point_labels=[1], mask_input=np.zeros((64, 64))), "1x256x256"),
+    "text coords": (dict(point_coords="here", point_labels=[1]), "numeric"),
+}
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_PROMPTS.values(), ids=BAD_PROMPTS.keys())
+def test_bad_prompts_are_clear_value_errors(predictor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(**kwargs)
+
+
+def test_predict_batch_rejects_unpaired_prompts(predictor):
+    with pytest.raises(ValueError, match="pair up"):
+        predictor.predict_batch(
+            point_coords=[[[1, 1]]], point_labels=[[1]], boxes=[[0, 0, 5, 5], [0, 0, 9, 9]]
+        )
+
+
+def _embedding_of(image) -> torch.Tensor:
+    p = litesam.Predictor(tiny_sam())
+    p.set_image(image)
+    return p.get_image_embedding()
+
+
+def test_image_formats_give_the_same_embedding(tmp_path):
+    rgb = photo(60, 80)
+    reference = _embedding_of(rgb)
+    Image.fromarray(rgb).save(tmp_path / "p.png")
+    for variant in [
+        Image.fromarray(rgb),
+        tmp_path / "p.png",
+        str(tmp_path / "p.png"),
+        np.concatenate([rgb, np.full((60, 80, 1), 255, np.uint8)], axis=2),  # RGBA
+        rgb.astype(np.uint16) * 257,  # 16-bit
+        rgb.astype(np.float32) / 255.0,  # float 0-1
+    ]:
+        torch.testing.assert_close(_embedding_of(variant), reference)
+
+
+def test_bgr_arrays(tmp_path):
+    rgb = photo(60, 80)
+    p = litesam.Predictor(tiny_sam())
+    p.set_image(np.ascontiguousarray(rgb[..., ::-1]), image_format="BGR")
+    torch.testing.assert_close(p.get_image_embedding(), _embedding_of(rgb))
+
+
+def test_reset_image_forgets_the_embedding(predictor):
+    p = litesam.Predictor(tiny_sam())
+    p.set_image(photo())
+    p.reset_image()
+    assert not p.is_image_set
+    with pytest.raises(RuntimeError):
+        p.get_image_embedding()
