@@ -138,7 +138,7 @@ def _download(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     from . import Predictor, build_model
     from .utils.image import load_image
-    from .utils.visualize import overlay
+    from .utils.visualize import candidate_panels, overlay
 
     if not args.point and not args.box:
         raise ValueError("give at least one prompt: --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1")
@@ -177,7 +177,11 @@ def _segment(args: argparse.Namespace) -> int:
             else [0, 0, 0, 0]
         )
         records.append({"file": name, "score": float(score), "area": int(mask.sum()), "bbox_xywh": bbox})
-    overlay(image, masks, points, labels, boxes).save(out / f"{stem}_overlay.png")
+    if args.multimask:  # alternatives for one prompt: one panel each
+        picture = candidate_panels(image, masks, scores, points, labels, boxes)
+    else:
+        picture = overlay(image, masks, points, labels, boxes)
+    picture.save(out / f"{stem}_overlay.png")
     summary = {
         "image": str(args.image),
         "size_hw": list(image.shape[:2]),

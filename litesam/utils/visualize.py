@@ -71,3 +71,26 @@ def overlay(
                 [x - radius, y - radius, x + radius, y + radius], fill=fill, outline=(255, 255, 255), width=2
             )
     return pic
+
+
+def candidate_panels(
+    image: np.ndarray,
+    masks: np.ndarray,
+    scores: np.ndarray,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
+) -> Image.Image:
+    """Alternative masks for one prompt side by side, one panel each, captioned with the predicted IoU."""
+    panels = [overlay(image, [m], points, labels, boxes) for m in masks]
+    w, h = panels[0].size
+    gap = max(4, w // 100)
+    strip = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * gap, h), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, (panel, score) in enumerate(zip(panels, scores, strict=True)):
+        x = i * (w + gap)
+        strip.paste(panel, (x, 0))
+        caption = f"mask {i}: IoU {float(score):.3f}"
+        draw.rectangle([x, 0, x + 8 * len(caption) + 8, 18], fill=(0, 0, 0))
+        draw.text((x + 4, 3), caption, fill=(255, 255, 255))
+    return strip
