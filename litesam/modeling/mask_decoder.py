@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
@@ -39,6 +40,7 @@ class MaskDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
             for _ in range(self.num_mask_tokens)
         )
+        self.upscale_chunk = 16  # prompts per upscaling step (bounds a 4H x 4W x C/8 float buffer each)
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
@@ -53,13 +55,12 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns masks Bx(3 or 1)x4Hx4W and IoU predictions Bx(3 or 1).
 
-        image_embeddings: 1xCxHxW (shared by all prompts) or BxCxHxW; sparse: BxNxC; dense: BxCxHxW.
+        image_embeddings: 1xCxHxW (shared by all prompts) or BxCxHxW; sparse: BxNxC; dense: (B or 1)xCxHxW.
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         keep = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, keep], iou_pred[:, keep]
+        return self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, keep
+        )
 
     def predict_masks(
         self,
@@ -67,25 +68,47 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        keep: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` masks (Bx T x4Hx4W) and IoU predictions (BxT)."""
+        """Masks (BxTx4Hx4W) and IoU predictions (BxT) of the mask tokens selected by ``keep`` (default all
+        ``num_mask_tokens``); unselected masks are never upscaled."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
-        src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] != b:
-            src = src.expand(b, -1, -1, -1)
-        pos_src = image_pe.expand(b, -1, -1, -1)
-        _, c, h, w = src.shape
+        src = image_embeddings + dense_prompt_embeddings  # batch 1 when shared by all prompts
+        h, w = src.shape[-2:]
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
-
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        tokens_kept = range(self.num_mask_tokens)[keep]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i]) for i in tokens_kept], dim=1
         )
-        bu, cu, hu, wu = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
-        return masks, self.iou_prediction_head(iou_token_out)
+        masks = self._upscale_masks(src.expand(b, -1, -1), hyper_in, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)[:, keep]
+
+    def _upscale_masks(self, src: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Image tokens BxHWxC and hypernetwork weights BxTxC/8 -> masks BxTx4Hx4W.
+
+        ``output_upscaling`` (two 2x2/stride-2 transposed convolutions with a channel LayerNorm and
+        activations) only ever mixes channels within a pixel, so it runs as three GEMMs on channels-last
+        pixels kept in (y, x, sub-pixel...) order, with one small reordering of the T mask channels at the
+        end. Chunked over prompts to bound the size of the 4x upscaled intermediate.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)  # (C, ky kx C1)
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (C1, ky kx C2)
+        b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
+        b, t = hyper_in.shape[:2]
+        out = []
+        for start in range(0, b, self.upscale_chunk):
+            part = slice(start, start + self.upscale_chunk)
+            x = torch.addmm(b1, src[part].reshape(-1, src.shape[-1]), w1).view(-1, h * w * 4, c1)
+            x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+            x = act2(torch.addmm(b2, x.view(-1, c1), w2)).view(-1, h * w * 16, c2)
+            m = x @ hyper_in[part].transpose(1, 2)  # (b, H W ky1 kx1 ky2 kx2, T)
+            m = m.view(-1, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
+            out.append(m.reshape(-1, t, 4 * h, 4 * w))
+        return torch.cat(out)

@@ -46,7 +46,8 @@ class PromptEncoder(nn.Module):
 
     Points (B, N, 2) in encoder-input pixels with labels (B, N) (1 foreground, 0 background, -1 padding),
     boxes (B, 4) XYXY in encoder-input pixels, masks (B, 1, 4H, 4W) logits. Returns sparse (B, T, C) and
-    dense (B, C, H, W) embeddings, H x W = ``image_embedding_size``.
+    dense (B, C, H, W) embeddings, H x W = ``image_embedding_size``; without masks the dense embedding is
+    the same for every prompt and is returned once, (1, C, H, W), to broadcast.
     """
 
     def __init__(
@@ -117,5 +118,5 @@ class PromptEncoder(nn.Module):
             dense = self.mask_downscaling(masks)
         else:
             h, w = self.image_embedding_size
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
+            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
         return torch.cat(sparse, dim=1), dense

@@ -24,14 +24,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2).expand(batch, -1, -1, -1)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: BxNqxC, k and v: BxNkxC -> BxNqxC."""
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        """q: BxNqxC, k and v: BxNkxC -> BxNqxC. A batch of 1 on either side is shared by the other's B
+        (projected once, broadcast), which is how one image serves many prompts."""
+        batch = max(q.shape[0], k.shape[0])
+        q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
+        out = F.scaled_dot_product_attention(self._heads(q, batch), self._heads(k, batch), self._heads(v, batch))
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
@@ -104,9 +106,13 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe: BxCxHxW; point_embedding: BxNxC -> (tokens BxNxC, image BxHWxC)."""
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        """image_embedding, image_pe: (B or 1)xCxHxW; point_embedding: BxNxC -> (tokens BxNxC, image BxHWxC).
+
+        An image batch of 1 is shared by all B prompt sets: its projections are computed once, and it
+        becomes per-prompt only where the prompts first write into it (image->token attention).
+        """
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
