@@ -91,7 +91,108 @@ def build_parser() -> argparse.ArgumentParser:
         " verified by SHA-256.",
     )
     dl.add_argument("names", nargs="+", metavar="NAME", help="model names (see `litesam models`)")
+    _add_everything_parser(sub)
+    _add_edges_parser(sub)
     return parser
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="sam_vit_b", help="model name (see `litesam models`; default sam_vit_b)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="auto",
+        help="checkpoint file; 'auto' (default) uses the cached official file, downloading it if needed",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
+
+
+# Mask generator settings as (option, type, help); unset options keep the generator's (official) defaults.
+_GENERATOR_KNOBS: tuple[tuple[str, type, str], ...] = (
+    ("--points-per-side", int, "grid points per image side (default 32)"),
+    ("--points-per-batch", int, "prompts decoded at once (default 64)"),
+    ("--pred-iou-thresh", float, "drop masks with a lower predicted IoU (default 0.88)"),
+    ("--stability-score-thresh", float, "drop masks with a lower stability score (default 0.95)"),
+    ("--stability-score-offset", float, "logit offset of the stability score (default 1.0)"),
+    ("--box-nms-thresh", float, "box IoU above which duplicate masks are removed (default 0.7)"),
+    ("--crop-n-layers", int, "layers of image crops to segment as well (default 0: none)"),
+    ("--crop-nms-thresh", float, "box IoU for removing duplicates between crops (default 0.7)"),
+    (
+        "--crop-overlap-ratio",
+        float,
+        "overlap of neighbouring crops, fraction of the short side (default 512/1500)",
+    ),
+    ("--crop-n-points-downscale-factor", int, "grid downscale per crop layer (default 1)"),
+    (
+        "--min-mask-region-area",
+        int,
+        "remove islands and fill holes smaller than this, pixels (default 0: off)",
+    ),
+)
+
+
+def _add_everything_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "everything",
+        help="segment everything in images or folders (automatic masks)",
+        description="Automatic masks for every image given (files and/or folders): per image <name>.json"
+        " (SA-1B/COCO-style annotations with RLE masks) and <name>_overlay.png in -o DIR, plus"
+        " summary.json. Images whose JSON exists are skipped (resume) unless --overwrite; unreadable"
+        " images are reported and skipped. Exit status 1 if any image failed.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
+    _add_model_args(p)
+    p.add_argument(
+        "-o", "--output", default="litesam_everything", help="output folder (default litesam_everything)"
+    )
+    p.add_argument(
+        "-r", "--recursive", action="store_true", help="also take images in subfolders of a folder"
+    )
+    for option, kind, text in _GENERATOR_KNOBS:
+        p.add_argument(option, type=kind, default=argparse.SUPPRESS, help=text)
+    p.add_argument(
+        "--boxes",
+        metavar="FILE.json",
+        help="box prompts instead of the point grid: a list of [x0,y0,x1,y1], COCO detections with"
+        ' "bbox" [x,y,w,h], or an object mapping image names to either',
+    )
+    p.add_argument(
+        "--output-mode",
+        choices=("coco_rle", "uncompressed_rle"),
+        default="coco_rle",
+        help="RLE form of the masks in the JSON (default coco_rle, readable by pycocotools)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo images whose JSON already exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_edges_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "edges",
+        help="zero-shot edge detection (SAM paper recipe)",
+        description="Edge map of IMAGE: a 16x16 point grid, mask NMS, Sobel on the mask probabilities,"
+        " per-pixel max, normalisation to 0-1 and edge thinning. Writes an 8-bit PNG (white edges on"
+        " black) and the float map as .npy next to it.",
+    )
+    p.add_argument("image", help="image file")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", default="edges.png", help="edge PNG to write (default edges.png)")
+    p.add_argument("--points-per-side", type=int, default=16, help="grid points per image side (default 16)")
+    p.add_argument("--points-per-batch", type=int, default=64, help="prompts decoded at once (default 64)")
+    p.add_argument("--nms-thresh", type=float, default=0.7, help="box IoU of mask NMS (default 0.7)")
+    p.add_argument(
+        "--all-pixels",
+        action="store_true",
+        help="keep Sobel responses everywhere, not only on each mask's boundary band",
+    )
+    p.add_argument("--nms-radius", type=int, default=1, help="edge thinning reach, pixels (default 1)")
+    p.add_argument(
+        "--nms-slack", type=float, default=1.01, help="edge thinning tolerance factor (default 1.01)"
+    )
+    p.add_argument(
+        "--border", type=int, default=5, help="fade edges within this many pixels of the border (default 5)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .utils.image import ImageError
 
     try:
-        return {"segment": _segment, "models": _models, "download": _download}[args.command](args)
+        commands = {"segment": _segment, "models": _models, "download": _download}
+        commands.update(everything=_everything, edges=_edges)
+        return commands[args.command](args)
     except (CheckpointError, DownloadError, ImageError, ValueError, FileNotFoundError) as e:
         print(f"litesam {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -109,16 +212,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from .registry import get_spec, list_models
+    from .utils.stats import model_stats
 
-    rows = [("name", "input", "source", "checkpoint", "description")]
+    rows = [("name", "params enc/total (M)", "encoder GFLOPs", "input", "source", "description")]
     for name in list_models():
-        spec = get_spec(name)
+        spec, stats = get_spec(name), model_stats(name)
         rows.append(
-            (name, str(spec.preprocess.image_size), spec.source, spec.checkpoint_filename, spec.description)
+            (
+                name,
+                f"{stats.encoder_params / 1e6:.2f} / {stats.total_params / 1e6:.2f}",
+                f"{stats.encoder_flops / 1e9:.1f}",
+                f"{stats.input_size}x{stats.input_size}",
+                spec.source,
+                spec.description,
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    print("GFLOPs: one image at the input size, multiply-add = 2, matmul/convolution/attention only.")
     return 0
 
 
@@ -195,6 +307,62 @@ def _segment(args: argparse.Namespace) -> int:
     best = max(records, key=lambda r: r["score"])
     print(
         f"{len(records)} mask(s) written to {out}/ (best: {best['file']}, predicted IoU {best['score']:.3f})"
+    )
+    return 0
+
+
+def _everything(args: argparse.Namespace) -> int:
+    from . import MaskGenerator, build_model
+    from .everything import find_images, read_boxes, segment_everything
+
+    jobs = find_images(args.paths, recursive=args.recursive, exclude=args.output)
+    boxes = read_boxes(args.boxes) if args.boxes else None
+    knobs = {o.lstrip("-").replace("-", "_") for o, _, _ in _GENERATOR_KNOBS}
+    settings = {k: v for k, v in vars(args).items() if k in knobs}
+    model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    generator = MaskGenerator(model, output_mode=args.output_mode, **settings)
+    info = {
+        "model": args.model,
+        "checkpoint": str(args.checkpoint),
+        "boxes": args.boxes,
+        "settings": settings,
+    }
+    summary = segment_everything(
+        generator, jobs, args.output, boxes=boxes, overwrite=args.overwrite, info=info,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"{summary['done']} image(s) segmented ({summary['masks']} masks), {summary['skipped']} already done,"
+        f" {summary['failed']} failed; see {Path(args.output) / 'summary.json'}"
+    )
+    return 1 if summary["failed"] else 0
+
+
+def _edges(args: argparse.Namespace) -> int:
+    from . import build_model
+    from .edges import EdgeDetector, edge_image
+    from .utils.image import load_image
+
+    image = load_image(args.image)
+    model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    detector = EdgeDetector(
+        model,
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        nms_thresh=args.nms_thresh,
+        boundary_only=not args.all_pixels,
+        nms_radius=args.nms_radius,
+        nms_slack=args.nms_slack,
+        border=args.border,
+    )
+    result = detector.detect(image)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    edge_image(result.edges).save(out, format="PNG")
+    np.save(out.with_suffix(".npy"), result.edges)
+    print(
+        f"edges of {args.image} written to {out} and {out.with_suffix('.npy')}"
+        f" ({result.num_kept} of {result.num_candidates} masks kept after NMS)"
     )
     return 0
 

@@ -29,7 +29,7 @@ def _box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def _batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, thresh: float
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
 ) -> torch.Tensor:
     """Greedy NMS per category, like torchvision's CPU kernel: keep in descending score order."""
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -44,7 +44,7 @@ def _batched_nms(
         rb = torch.minimum(boxes[i, 2:], boxes[:, 2:])
         inter = (rb - lt).clamp(min=0).prod(dim=1)
         iou = inter / (area[i] + area - inter)
-        suppressed |= (iou > thresh) & (idxs == idxs[i])
+        suppressed |= (iou > iou_threshold) & (idxs == idxs[i])
     return torch.tensor(keep, dtype=torch.int64)
 
 

@@ -1,4 +1,4 @@
-"""Checkpoint files: the usual containers load; anything wrong is a clear error naming file, model and keys."""
+"""Checkpoint files: common containers load; anything wrong is a clear error naming file, model and keys."""
 
 from __future__ import annotations
 

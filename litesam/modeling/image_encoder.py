@@ -39,6 +39,8 @@ class Attention(nn.Module):
     fused SDPA kernels here (which require equal q/v widths for their fast paths).
     """
 
+    fold_rel_pos: bool = True  # False: the plain formulation (bias added to the logits), for reference
+
     def __init__(
         self,
         dim: int,
@@ -64,13 +66,24 @@ class Attention(nn.Module):
         b, h, w, _ = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B x heads x HW x head_dim
-        if self.use_rel_pos:
+        if self.use_rel_pos and self.fold_rel_pos:
             q, k = self._fold_rel_pos(q, k, h, w)  # scale folded into q
+            logits = q @ k.transpose(-2, -1)
         else:
-            q = q * self.scale
-        out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+            logits = (q * self.scale) @ k.transpose(-2, -1)
+            if self.use_rel_pos:
+                logits = logits + self._rel_pos_bias(q, h, w)
+        out = logits.softmax(dim=-1) @ v
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
+
+    def _rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The decomposed relative-position bias as a (B, heads, HW, HW) tensor."""
+        grid = q.reshape(-1, h, w, q.shape[-1])
+        rel_h = torch.einsum("bhwc,hkc->bhwk", grid, relative_position_table(h, h, self.rel_pos_h))
+        rel_w = torch.einsum("bhwc,wkc->bhwk", grid, relative_position_table(w, w, self.rel_pos_w))
+        bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+        return bias.reshape(*q.shape[:2], h * w, h * w)
 
     def _fold_rel_pos(
         self, q: torch.Tensor, k: torch.Tensor, h: int, w: int

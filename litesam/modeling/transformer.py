@@ -33,7 +33,9 @@ class Attention(nn.Module):
         (projected once, broadcast), which is how one image serves many prompts."""
         batch = max(q.shape[0], k.shape[0])
         q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
-        out = F.scaled_dot_product_attention(self._heads(q, batch), self._heads(k, batch), self._heads(v, batch))
+        out = F.scaled_dot_product_attention(
+            self._heads(q, batch), self._heads(k, batch), self._heads(v, batch)
+        )
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
