@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_into, read_state_dict
+from .modeling.fuse import fuse_modules
 from .modeling.sam import Sam
 from .registry import get_spec
 
@@ -16,9 +17,16 @@ def build_model(
     name: str,
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    fuse: bool | None = None,
 ) -> Sam:
-    """Build a registered model; load ``checkpoint`` (a file path, or ``"auto"`` to download the
-    official file into the cache) strictly. With no checkpoint the weights are random."""
+    """Build a registered model in eval mode.
+
+    ``checkpoint``: a file path, or ``"auto"`` to use the official file from the cache (downloading it
+    if needed); loaded strictly. With no checkpoint the weights are random.
+    ``fuse``: fold BatchNorms and re-parameterisable branches into single convolutions for inference
+    (same outputs, faster; the state_dict then no longer has the official keys). Default: fuse exactly
+    when a checkpoint was loaded — pass ``fuse=False`` to train or fine-tune.
+    """
     spec = get_spec(name)
     model = spec.build(spec.preprocess)
     if checkpoint is not None:
@@ -31,4 +39,7 @@ def build_model(
         else:
             path = Path(checkpoint)
         load_into(model, read_state_dict(path), spec.name, str(path))
-    return model.to(device).eval()
+    model.eval()
+    if fuse if fuse is not None else checkpoint is not None:
+        fuse_modules(model)
+    return model.to(device)

@@ -10,7 +10,6 @@ from numpy.typing import ArrayLike
 
 from .modeling.sam import Sam
 from .utils.image import ImageInput, load_image
-from .utils.transforms import ResizeLongestSide
 
 
 class Predictor:
@@ -23,7 +22,7 @@ class Predictor:
 
     def __init__(self, model: Sam) -> None:
         self.model = model.eval()
-        self.transform = ResizeLongestSide(model.image_size)
+        self.transform = model.transform
         self.reset_image()
 
     @property

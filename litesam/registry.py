@@ -17,7 +17,14 @@ from torch import nn
 from .modeling.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 # Family modules in litesam/zoo/, in the order `litesam models` lists them.
-FAMILIES: tuple[str, ...] = ("sam", "repvit_sam", "edge_sam", "efficient_sam", "mobile_sam")
+FAMILIES: tuple[str, ...] = (
+    "sam",
+    "mobile_sam",
+    "repvit_sam",
+    "edge_sam",
+    "efficientvit_sam",
+    "efficient_sam",
+)
 
 
 @dataclass(frozen=True)

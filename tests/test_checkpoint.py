@@ -115,9 +115,20 @@ def test_official_layout_round_trip_through_build_model(tmp_path):
     reference = litesam.build_model("mobile_sam")
     path = tmp_path / "mobile_sam.pt"
     torch.save(reference.state_dict(), path)
-    loaded = litesam.build_model("mobile_sam", checkpoint=path)
+    loaded = litesam.build_model("mobile_sam", checkpoint=path, fuse=False)
     for key, value in reference.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_checkpoint_models_are_fused_for_inference_with_the_same_outputs(tmp_path):
+    reference = litesam.build_model("mobile_sam")
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(reference.state_dict(), path)
+    fused = litesam.build_model("mobile_sam", checkpoint=path)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused.image_encoder(x), reference.image_encoder(x), atol=1e-4, rtol=1e-4)
 
 
 def test_offline_auto_checkpoint_says_what_to_pass(monkeypatch, tmp_path):

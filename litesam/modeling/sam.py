@@ -1,8 +1,8 @@
 """The SAM model: image encoder + prompt encoder + mask decoder, with its pre- and post-processing.
 
 Every model in the zoo exposes this interface, so the predictor and the mask generator never ask which
-model they drive: ``image_size``, ``preprocess``, ``image_encoder``, ``decode``, ``postprocess_masks``,
-``mask_threshold``.
+model they drive: ``image_size``, ``transform``, ``preprocess``, ``image_encoder``, ``decode``,
+``postprocess_masks``, ``mask_threshold``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils.transforms import normalize_and_pad
+from ..utils.transforms import ResizeLongestSide, normalize_and_pad
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
@@ -49,9 +49,9 @@ class Sam(nn.Module):
         return self.pixel_mean.device
 
     @property
-    def prompt_frame_size(self) -> int:
-        """Side (pixels) of the square frame in which prompts are given to :meth:`decode`."""
-        return self.prompt_encoder.input_image_size[0]
+    def transform(self) -> ResizeLongestSide:
+        """Maps images and prompts from the original frame into the encoder's input frame."""
+        return ResizeLongestSide(self.image_size)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Bx3xhxw float pixels (0-255, longest side = image_size) -> normalized, padded Bx3xSxS."""

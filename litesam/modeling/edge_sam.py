@@ -1,0 +1,68 @@
+"""EdgeSAM image encoder (chongzhou96/EdgeSAM ``edge_sam/modeling/rep_vit.py``, arch m1, ``fuse=True``).
+
+A RepViT-M1 backbone (stages 48/96/192/384 at /4, /8, /16, /32) whose last two stages are merged
+FPN-style before SAM's neck: ``fuse_stage2(stage /16) + upsample2x(fuse_stage3(stage /32))``.
+Its depthwise re-parameterisable blocks carry a BatchNorm per branch and none after the sum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fuse import fuse_modules
+from .repvit import RepViTConfig, build_features, sam_neck
+
+EDGE_SAM_CONFIG = RepViTConfig(
+    widths=(48, 96, 192, 384), depths=(3, 3, 15, 2), downsample_strides=(2, 2, 2), norm_after_sum=False
+)
+
+
+class ProjectUpsample(nn.Module):
+    """Bias-free 1x1 conv to ``out_ch`` then 2x interpolation (``op_list`` as the official OpSequential).
+
+    BxCinxHxW -> Bxout_chx2Hx2W; ``mode`` "bicubic" is PyTorch's cubic (A=-0.75), align_corners=False.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, mode: str = "bicubic") -> None:
+        super().__init__()
+        self.op_list = nn.ModuleList(
+            [
+                nn.Conv2d(in_ch, out_ch, 1, bias=False),
+                nn.Upsample(scale_factor=2, mode=mode, align_corners=False),
+            ]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for op in self.op_list:
+            x = op(x)
+        return x
+
+
+class EdgeSamEncoder(nn.Module):
+    """EdgeSAM image encoder: Bx3x1024x1024 (normalised, padded) -> Bx256x64x64."""
+
+    def __init__(
+        self, config: RepViTConfig = EDGE_SAM_CONFIG, img_size: int = 1024, upsample_mode: str = "bicubic"
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.features = build_features(config)
+        self.stage2_index = config.stage_ends()[-2]  # last block at /16; the last stage ends the list
+        self.fuse_stage2 = nn.Conv2d(config.widths[-2], 256, 1, bias=False)
+        self.fuse_stage3 = ProjectUpsample(config.widths[-1], 256, upsample_mode)
+        self.neck = sam_neck(256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index == self.stage2_index:
+                stage2 = x
+        return self.neck(self.fuse_stage2(stage2) + self.fuse_stage3(x))
+
+    def fuse(self) -> EdgeSamEncoder:
+        """Fold every BatchNorm and re-parameterisable branch into single convs, in place (eval only).
+
+        The fused encoder no longer has the official state_dict keys: load weights first.
+        """
+        return fuse_modules(self)

@@ -1,0 +1,82 @@
+"""EdgeSAM reproduces the official chongzhou96/EdgeSAM outputs (parity fixture ``edge_sam``).
+
+EdgeSAM-3x is another checkpoint of the same build, so the fixture covers both registry names.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixture_cases import assert_allclose, fill_parity_weights, require_fixture
+from test_repvit_sam import (
+    assert_case_matches,
+    assert_fuse_is_exact,
+    case_names,
+    encoder_input,
+    official_encoder_shapes,
+    predictor_for,
+    state_dict_shapes,
+)
+
+import litesam
+from litesam.modeling.edge_sam import EdgeSamEncoder
+from litesam.zoo.edge_sam import EdgeSam, stability_score
+
+
+def test_encoder_has_every_official_key_with_its_shape():
+    fixture = require_fixture("edge_sam")
+    assert state_dict_shapes(EdgeSamEncoder()) == official_encoder_shapes(fixture)
+
+
+@pytest.mark.parametrize("name", ["edge_sam", "edge_sam_3x"])
+def test_registry_models_have_exactly_the_official_state_dict(name):
+    fixture = require_fixture("edge_sam")
+    model = litesam.build_model(name)
+    assert isinstance(model, EdgeSam)
+    assert state_dict_shapes(model) == fixture.official_state_dict_shapes
+
+
+def test_encoder_reproduces_official_features_unfused_and_fused():
+    fixture = require_fixture("edge_sam")
+    encoder = fill_parity_weights(EdgeSamEncoder(), "image_encoder.")
+    x = encoder_input(fixture)
+    with torch.no_grad():
+        features = encoder(x)
+        assert_allclose(features, fixture.features, fixture.tolerance["features_atol"], "features")
+        fused = encoder.fuse()(x)
+    assert_allclose(fused, fixture.features, fixture.tolerance["features_atol"], "fused features")
+
+
+def test_fuse_folds_every_batchnorm_and_branch_exactly():
+    assert_fuse_is_exact(EdgeSamEncoder())
+
+
+def test_stability_score_is_the_iou_of_the_two_thresholded_masks():
+    logits = torch.tensor([[[[-2.0, -0.5], [0.5, 2.0]], [[-2.0, -2.0], [-2.0, 3.0]]]])  # 1x2x2x2
+    assert stability_score(logits, 0.0, 1.0).tolist() == [[pytest.approx(1 / 3), 1.0]]
+
+
+@pytest.fixture(scope="module")
+def edge_predictor() -> litesam.Predictor:
+    fixture = require_fixture("edge_sam")
+    return predictor_for(fixture, "edge_sam")
+
+
+def test_predictor_reproduces_official_features(edge_predictor):
+    fixture = require_fixture("edge_sam")
+    tol = fixture.tolerance["features_atol"]
+    assert_allclose(edge_predictor.features, fixture.features, tol, "features")
+
+
+@pytest.mark.parametrize("case_name", case_names("edge_sam"))
+def test_predictor_reproduces_official_case(edge_predictor, case_name):
+    """Cases with 4 masks were made with ``num_multimask_outputs=4, use_stability_score=True`` (meta.json)."""
+    fixture = require_fixture("edge_sam")
+    official_call = next(c for c in fixture.meta["prompt_cases"] if c["name"] == case_name)
+    model = edge_predictor.model
+    model.stability_scores = official_call["use_stability_score"]
+    model.multimask_outputs = 4 if official_call["num_multimask_outputs"] == 4 else 3
+    try:
+        assert_case_matches(edge_predictor, fixture, fixture.case(case_name))
+    finally:
+        model.stability_scores, model.multimask_outputs = False, 3
