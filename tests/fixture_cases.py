@@ -6,6 +6,7 @@ Set ``LITESAM_SHARED`` to point elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -17,6 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import nn
+
+import litesam
+from litesam.modeling.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from litesam.utils.transforms import ResizeLongestSide, normalize_and_pad
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LITESAM_SHARED", REPO.parent / "shared"))
@@ -133,3 +140,69 @@ def assert_masks_match(ours: Any, expected: np.ndarray, max_fraction: float, wha
     assert ours.shape == expected.shape, f"{what}: shape {ours.shape} != {expected.shape}"
     frac = float((ours != expected).mean())
     assert frac <= max_fraction, f"{what}: {frac:.2e} of mask pixels differ (> {max_fraction:.1e})"
+
+
+def case_names(model: str) -> list[str]:
+    """Names in ``model``'s cases.json, read at collection time (a placeholder that skips if absent)."""
+    path = FIXTURES / "parity" / model / "cases.json"
+    return [c["name"] for c in json.loads(path.read_text())["cases"]] if path.is_file() else ["no-fixture"]
+
+
+def state_dict_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def official_encoder_shapes(fixture: Fixture, prefix: str = "image_encoder.") -> dict[str, tuple[int, ...]]:
+    """The official image encoder's key -> shape (keys without ``prefix``), from meta.json."""
+    full = fixture.official_state_dict_shapes
+    return {k[len(prefix) :]: shape for k, shape in full.items() if k.startswith(prefix)}
+
+
+def encoder_input(fixture: Fixture) -> torch.Tensor:
+    """1x3x1024x1024 encoder input per meta.json: resize (checked by SHA-256), normalise, pad."""
+    pre = fixture.meta["preprocessing"]
+    image = np.array(Image.open(fixture.image_path).convert("RGB"))  # meta.json "image_read"
+    resized = ResizeLongestSide(1024).apply_image(image)
+    assert hashlib.sha256(resized.tobytes()).hexdigest() == pre["resized_uint8"]["sha256"]
+    pixels = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float()
+    x = normalize_and_pad(pixels, torch.tensor(SAM_PIXEL_MEAN), torch.tensor(SAM_PIXEL_STD), 1024)
+    assert abs(x.mean().item() - pre["preprocessed_input"]["mean"]) < 1e-5
+    return x
+
+
+def predictor_for(fixture: Fixture, name: str) -> litesam.Predictor:
+    """``litesam.Predictor`` over registry model ``name`` with parity weights, fixture image set."""
+    predictor = litesam.Predictor(fill_parity_weights(litesam.build_model(name)))
+    predictor.set_image(fixture.image_path)
+    return predictor
+
+
+def run_case(fixture: Fixture, predictor: litesam.Predictor, case: dict) -> tuple[np.ndarray, ...]:
+    """Call the predictor as the fixture's official call did: (masks, iou_predictions, low_res_logits)."""
+    mask_input = None
+    if case["mask_input"] is not None:
+        source = fixture.case(case["mask_input"]["from_case"])
+        mask_input = fixture.expected(source, "low_res_logits")[case["mask_input"]["index"]][None]
+    box = case["box"]
+    if box is not None and np.ndim(box) == 2:  # batched boxes: predict_torch in the official run
+        return predictor.predict_batch(boxes=box, multimask_output=case["multimask_output"])
+    return predictor.predict(
+        point_coords=case["point_coords"],
+        point_labels=case["point_labels"],
+        box=box,
+        mask_input=mask_input,
+        multimask_output=case["multimask_output"],
+    )
+
+
+def assert_case_matches(predictor: litesam.Predictor, fixture: Fixture, case: dict[str, Any]) -> None:
+    """One cases.json entry, called as the official run did: logits, scores and masks within tolerance."""
+    masks, scores, logits = run_case(fixture, predictor, case)
+    tol, name = fixture.tolerance, case["name"]
+    assert_allclose(
+        logits, fixture.expected(case, "low_res_logits"), tol["low_res_logits_atol"], f"{name} logits"
+    )
+    assert_allclose(scores, fixture.expected(case, "iou_predictions"), tol["iou_atol"], f"{name} scores")
+    assert_masks_match(
+        masks, fixture.expected(case, "masks"), tol["mask_mismatch_max_fraction"], f"{name} masks"
+    )

@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixture_cases import assert_allclose, fill_parity_weights, require_fixture
-from test_repvit_sam import (
+from fixture_cases import (
+    assert_allclose,
     assert_case_matches,
-    assert_fuse_is_exact,
     case_names,
     encoder_input,
+    fill_parity_weights,
     official_encoder_shapes,
     predictor_for,
+    require_fixture,
     state_dict_shapes,
 )
+from test_repvit_sam import assert_fuse_is_exact
 
 import litesam
-from litesam.modeling.edge_sam import EdgeSamEncoder
-from litesam.zoo.edge_sam import EdgeSam, stability_score
+from litesam.modeling.edge_sam import EdgeSam, EdgeSamEncoder
+from litesam.utils.amg import stability_score
 
 
 def test_encoder_has_every_official_key_with_its_shape():

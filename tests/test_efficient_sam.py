@@ -22,9 +22,9 @@ from fixture_cases import (
     fill_parity_weights,
     parity_weights,
     require_fixture,
+    run_case,
 )
 from PIL import Image
-from test_parity_fixtures import run_case
 
 import litesam
 from litesam.checkpoint import load_into

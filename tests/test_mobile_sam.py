@@ -12,15 +12,18 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from fixture_cases import Fixture, assert_allclose, fill_parity_weights, require_fixture
-from PIL import Image
-from test_repvit_sam import (
+from fixture_cases import (
+    Fixture,
+    assert_allclose,
     assert_case_matches,
     case_names,
+    fill_parity_weights,
     official_encoder_shapes,
     predictor_for,
+    require_fixture,
     state_dict_shapes,
 )
+from PIL import Image
 from torch import nn
 
 import litesam

@@ -5,80 +5,26 @@ The helpers here are shared with ``test_edge_sam.py`` (same backbone family, sam
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
-
-import numpy as np
 import pytest
 import torch
 from fixture_cases import (
-    FIXTURES,
-    Fixture,
     assert_allclose,
-    assert_masks_match,
+    assert_case_matches,
+    case_names,
+    encoder_input,
     fill_parity_weights,
+    official_encoder_shapes,
+    predictor_for,
     require_fixture,
+    state_dict_shapes,
 )
-from PIL import Image
-from test_parity_fixtures import run_case
 from torch import nn
 
 import litesam
 from litesam.modeling.fuse import merge_parallel_convs
 from litesam.modeling.repvit import RepDWConv, RepViTSamEncoder
-from litesam.modeling.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
-from litesam.utils.transforms import ResizeLongestSide, normalize_and_pad
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def case_names(model: str) -> list[str]:
-    """Names in ``model``'s cases.json, read at collection time (a placeholder that skips if absent)."""
-    path = FIXTURES / "parity" / model / "cases.json"
-    return [c["name"] for c in json.loads(path.read_text())["cases"]] if path.is_file() else ["no-fixture"]
-
-
-def state_dict_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
-
-
-def official_encoder_shapes(fixture: Fixture, prefix: str = "image_encoder.") -> dict[str, tuple[int, ...]]:
-    """The official image encoder's key -> shape (keys without ``prefix``), from meta.json."""
-    full = fixture.official_state_dict_shapes
-    return {k[len(prefix) :]: shape for k, shape in full.items() if k.startswith(prefix)}
-
-
-def encoder_input(fixture: Fixture) -> torch.Tensor:
-    """1x3x1024x1024 encoder input per meta.json: resize (checked by SHA-256), normalise, pad."""
-    pre = fixture.meta["preprocessing"]
-    image = np.array(Image.open(fixture.image_path).convert("RGB"))  # meta.json "image_read"
-    resized = ResizeLongestSide(1024).apply_image(image)
-    assert hashlib.sha256(resized.tobytes()).hexdigest() == pre["resized_uint8"]["sha256"]
-    pixels = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float()
-    x = normalize_and_pad(pixels, torch.tensor(SAM_PIXEL_MEAN), torch.tensor(SAM_PIXEL_STD), 1024)
-    assert abs(x.mean().item() - pre["preprocessed_input"]["mean"]) < 1e-5
-    return x
-
-
-def predictor_for(fixture: Fixture, name: str) -> litesam.Predictor:
-    """``litesam.Predictor`` over registry model ``name`` with parity weights, fixture image set."""
-    predictor = litesam.Predictor(fill_parity_weights(litesam.build_model(name)))
-    predictor.set_image(fixture.image_path)
-    return predictor
-
-
-def assert_case_matches(predictor: litesam.Predictor, fixture: Fixture, case: dict[str, Any]) -> None:
-    """One cases.json entry, called as the official run did: logits, scores and masks within tolerance."""
-    masks, scores, logits = run_case(fixture, predictor, case)
-    tol, name = fixture.tolerance, case["name"]
-    assert_allclose(
-        logits, fixture.expected(case, "low_res_logits"), tol["low_res_logits_atol"], f"{name} logits"
-    )
-    assert_allclose(scores, fixture.expected(case, "iou_predictions"), tol["iou_atol"], f"{name} scores")
-    assert_masks_match(
-        masks, fixture.expected(case, "masks"), tol["mask_mismatch_max_fraction"], f"{name} masks"
-    )
 
 
 def assert_fuse_is_exact(encoder: nn.Module, size: int = 128) -> None:

@@ -1,4 +1,5 @@
-"""EdgeSAM image encoder (chongzhou96/EdgeSAM ``edge_sam/modeling/rep_vit.py``, arch m1, ``fuse=True``).
+"""EdgeSAM: its image encoder (chongzhou96/EdgeSAM ``edge_sam/modeling/rep_vit.py``, arch m1,
+``fuse=True``) and :class:`EdgeSam`, SAM with EdgeSAM's mask selection and scoring options.
 
 A RepViT-M1 backbone (stages 48/96/192/384 at /4, /8, /16, /32) whose last two stages are merged
 FPN-style before SAM's neck: ``fuse_stage2(stage /16) + upsample2x(fuse_stage3(stage /32))``.
@@ -7,11 +8,15 @@ Its depthwise re-parameterisable blocks carry a BatchNorm per branch and none af
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from ..utils.amg import stability_score
 from .fuse import fuse_modules
 from .repvit import RepViTConfig, build_features, sam_neck
+from .sam import Sam
 
 EDGE_SAM_CONFIG = RepViTConfig(
     widths=(48, 96, 192, 384), depths=(3, 3, 15, 2), downsample_strides=(2, 2, 2), norm_after_sum=False
@@ -66,3 +71,36 @@ class EdgeSamEncoder(nn.Module):
         The fused encoder no longer has the official state_dict keys: load weights first.
         """
         return fuse_modules(self)
+
+
+class EdgeSam(Sam):
+    """SAM with EdgeSAM's mask selection and scoring (same weights and keys as SAM's decoder).
+
+    multimask_outputs: masks returned when ``multimask_output`` is true: 3 (tokens 1..3, as SAM and
+    EdgeSAM's ``num_multimask_outputs=3`` default) or 4 (tokens 0..3, ``num_multimask_outputs=4``);
+    a single mask is always token 0. stability_scores: replace the IoU predictions by the stability
+    score of the low-res logits (EdgeSAM's ``use_stability_score=True``, offset 1.0).
+    """
+
+    stability_offset: float = 1.0
+
+    def __init__(
+        self, *args: Any, multimask_outputs: int = 3, stability_scores: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.multimask_outputs = multimask_outputs
+        self.stability_scores = stability_scores
+
+    def mask_tokens(self, multimask_output: bool) -> slice:
+        tokens = self.mask_decoder.num_mask_tokens
+        if self.multimask_outputs not in (tokens - 1, tokens):
+            raise ValueError(
+                f"multimask_outputs must be {tokens - 1} or {tokens}, not {self.multimask_outputs}"
+            )
+        return slice(tokens - self.multimask_outputs, None) if multimask_output else slice(0, 1)
+
+    def decode(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        masks, scores = super().decode(*args, **kwargs)
+        if self.stability_scores:
+            return masks, stability_score(masks, self.mask_threshold, self.stability_offset)
+        return masks, scores

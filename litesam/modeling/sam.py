@@ -73,13 +73,17 @@ class Sam(nn.Module):
         """
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.mask_decoder(
-            image_embeddings=image_embeddings,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
+        return self.mask_decoder.predict_masks(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            self.mask_tokens(multimask_output),
         )
+
+    def mask_tokens(self, multimask_output: bool) -> slice:
+        """Which of the decoder's mask tokens are returned: 1..3 for several masks, 0 for one (SAM)."""
+        return slice(1, None) if multimask_output else slice(0, 1)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]

@@ -27,7 +27,9 @@ def build_efficient_sam(embed_dim: int, num_heads: int, preprocess: Preprocess) 
     )
 
 
-_URL = "https://raw.githubusercontent.com/yformer/EfficientSAM/d525f622e6f640acf5a0fc37c7ca1f243da5bde0/weights/"
+_URL = (
+    "https://raw.githubusercontent.com/yformer/EfficientSAM/d525f622e6f640acf5a0fc37c7ca1f243da5bde0/weights/"
+)
 
 MODELS = [
     ModelSpec(
