@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
+from .distill.cli import add_parsers as add_distill_parsers
 
 
 def _numbers(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("names", nargs="+", metavar="NAME", help="model names (see `litesam models`)")
     _add_everything_parser(sub)
     _add_edges_parser(sub)
+    add_distill_parsers(sub)
     return parser
 
 
@@ -198,12 +200,14 @@ def _add_edges_parser(sub: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
+    from .distill.cli import COMMANDS as DISTILL_COMMANDS
     from .hub import DownloadError
     from .utils.image import ImageError
 
     try:
         commands = {"segment": _segment, "models": _models, "download": _download}
         commands.update(everything=_everything, edges=_edges)
+        commands.update(DISTILL_COMMANDS)
         return commands[args.command](args)
     except (CheckpointError, DownloadError, ImageError, ValueError, FileNotFoundError) as e:
         print(f"litesam {args.command}: error: {e}", file=sys.stderr)

@@ -116,7 +116,7 @@ def test_offline_download_says_what_to_do(monkeypatch, tmp_path, capsys):
 
 
 def test_console_script_help():
-    for sub in ([], ["segment"], ["models"], ["download"], ["everything"], ["edges"]):
+    for sub in ([], ["segment"], ["models"], ["download"], ["everything"], ["edges"], ["distill"], ["eval"]):
         done = subprocess.run(
             [sys.executable, "-m", "litesam", *sub, "--help"], capture_output=True, text=True
         )

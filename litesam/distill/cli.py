@@ -1,0 +1,256 @@
+"""``litesam distill embed|train|finetune-decoder`` and ``litesam eval miou``: the distillation commands.
+
+Registered on the main parser by :func:`add_parsers`; :data:`COMMANDS` maps the top-level command names to
+their handlers (``args -> exit status``). Models are registry names; a student may also be given as a
+checkpoint written by ``distill train`` (its model name is recorded there) or with ``--student-model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# A student given as a checkpoint path: the registry name saved under "meta" by `distill train`.
+_META_STUDENT = "student"
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=8, help="passes over the embeddings (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch over all processes (default 8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    p.add_argument("--warmup-steps", type=int, default=250, help="linear warm-up steps (default 250)")
+    p.add_argument("--clip-grad", type=float, default=1.0, help="gradient norm clipping (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order and initial weights")
+    p.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps and at epoch ends")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+
+
+def _add_student_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--student", required=True, help="registry name, or a checkpoint written by `litesam distill train`"
+    )
+    p.add_argument("--student-model", help="registry name of a --student checkpoint that does not record it")
+    p.add_argument("--student-checkpoint", help="weights for a --student given by name (default: random)")
+
+
+def _add_teacher_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--teacher", required=required, help="teacher registry name, e.g. sam_vit_h")
+    p.add_argument(
+        "--teacher-checkpoint",
+        "--checkpoint",
+        default="auto",
+        help="teacher weights; 'auto' (default) uses the cached official file, downloading it if needed",
+    )
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``distill`` (with ``embed``, ``train``, ``finetune-decoder``) and ``eval`` (``miou``)."""
+    distill = sub.add_parser(
+        "distill",
+        help="train a light encoder from a SAM teacher (decoupled distillation)",
+        description="Decoupled distillation: embed images with the teacher once, train the student encoder"
+        " on the stored embeddings (MSE), optionally fine-tune the student's mask decoder.",
+    )
+    stages = distill.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    embed = stages.add_parser(
+        "embed",
+        help="store the teacher's image embeddings (resumable)",
+        description="Embed every image under --images (recursively; SA-1B jpg+json or a plain folder)"
+        " with the teacher into --out: float16 shards + index.jsonl. Rerunning resumes.",
+    )
+    _add_teacher_args(embed)
+    embed.add_argument("--images", required=True, help="folder of images")
+    embed.add_argument("--out", required=True, help="embedding store folder")
+    embed.add_argument("--batch-size", type=int, default=8, help="images per teacher forward (default 8)")
+    embed.add_argument("--shard-size", type=int, default=256, help="embeddings per shard file (default 256)")
+
+    train = stages.add_parser(
+        "train",
+        help="train a student encoder on stored embeddings (resumable, torchrun for many GPUs)",
+        description="MSE to the teacher embeddings, AdamW, warm-up + cosine, gradient clipping. Writes"
+        " --out/last.pt (loadable by build_model), log.jsonl and loss_curve.png. Many GPUs:"
+        " torchrun --nproc-per-node N -m litesam distill train ...",
+    )
+    train.add_argument("--student", required=True, help="student registry name, e.g. repvit_sam")
+    train.add_argument("--embeddings", required=True, help="store folder written by `distill embed`")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument(
+        "--teacher-checkpoint",
+        default="auto",
+        help="weights of the store's teacher, whose prompt encoder and mask decoder the student gets"
+        " (default 'auto': the official file)",
+    )
+    train.add_argument("--images", help="images folder, if it moved since `distill embed`")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    _add_train_options(train)
+
+    tune = stages.add_parser(
+        "finetune-decoder",
+        help="fine-tune the student's mask decoder on the teacher's masks (optional stage)",
+        description="Frozen student encoder; the mask decoder learns the teacher's masks for sampled point"
+        " and box prompts (focal + dice + IoU-head losses). Writes --out/finetuned.pt.",
+    )
+    _add_student_args(tune)
+    _add_teacher_args(tune)
+    tune.add_argument("--images", required=True, help="folder of images")
+    tune.add_argument("--out", required=True, help="output folder")
+    tune.add_argument("--epochs", type=int, default=1, help="passes over the images (default 1)")
+    tune.add_argument("--num-points", type=int, default=8, help="point prompts per image (default 8)")
+    tune.add_argument("--no-boxes", action="store_true", help="no box prompts")
+    tune.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the prompts and image order")
+
+    for p in (embed, train, tune):
+        p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+        p.add_argument("--workers", type=int, default=4, help="image loading processes (default 4)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = sub.add_parser("eval", help="evaluate a distilled student", description="Evaluate a student.")
+    checks = evaluate.add_subparsers(dest="check", required=True, metavar="CHECK")
+    miou = checks.add_parser(
+        "miou",
+        help="teacher-student mask IoU (MobileSAM paper protocol)",
+        description="Masks of teacher and student for the same random point prompts (and boxes) on every"
+        " image under --images; prints the per-image table and the mean IoU.",
+    )
+    _add_teacher_args(miou)
+    _add_student_args(miou)
+    miou.add_argument("--images", required=True, help="folder of images")
+    miou.add_argument("--num-points", type=int, default=10, help="point prompts per image (default 10)")
+    miou.add_argument("--no-boxes", action="store_true", help="no box prompts")
+    miou.add_argument("--seed", type=int, default=0, help="seed of the prompts")
+    miou.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    miou.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def _device(args: argparse.Namespace) -> str:
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _images(folder: str) -> list[Path]:
+    from ..everything import find_images
+
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return [job.path for job in find_images([folder], recursive=True)]
+
+
+def _teacher_weights(name: str, checkpoint: str) -> Path:
+    """The teacher's checkpoint file; 'auto' fetches the official one into the cache."""
+    if checkpoint != "auto":
+        return Path(checkpoint)
+    from ..hub import fetch_checkpoint
+    from ..registry import get_spec
+
+    spec = get_spec(name)
+    return fetch_checkpoint(spec.name, spec.url, spec.checkpoint_filename, spec.sha256, member=spec.member)
+
+
+def _student(args: argparse.Namespace, device: str) -> tuple[str, Any]:
+    """(registry name, unfused model) of ``--student`` (a registry name or a checkpoint path)."""
+    import torch
+
+    from ..build import build_model
+
+    if Path(args.student).is_file():
+        meta = torch.load(args.student, map_location="cpu", weights_only=True).get("meta", {})
+        name = args.student_model or meta.get(_META_STUDENT)
+        if name is None:
+            raise ValueError(f"{args.student} does not record its model: give --student-model NAME")
+        return name, build_model(name, checkpoint=args.student, device=device, fuse=False)
+    return args.student, build_model(
+        args.student, checkpoint=args.student_checkpoint, device=device, fuse=False
+    )
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from ..build import build_model
+    from .embeddings import embed_images
+
+    device = _device(args)
+    teacher = build_model(args.teacher, checkpoint=_teacher_weights(args.teacher, args.teacher_checkpoint),
+                          device=device, fuse=False)  # fmt: skip
+    summary = embed_images(
+        teacher, args.images, args.out, args.teacher, batch_size=args.batch_size, shard_size=args.shard_size,
+        device=device, num_workers=args.workers, progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"{summary.written} image(s) embedded, {summary.skipped} already in {args.out},"
+        f" {len(summary.failed)} unreadable"
+    )
+    return 1 if summary.failed else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..build import build_model
+    from ..checkpoint import read_state_dict
+    from .embeddings import EmbeddingStore
+    from .train import TrainConfig, train_student
+
+    store = EmbeddingStore(args.embeddings)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, seed=args.seed, save_every=args.save_every,
+        amp=not args.no_amp, num_workers=args.workers,
+    )  # fmt: skip
+    student = build_model(args.student, fuse=False)
+    teacher_weights = None if args.resume else _teacher_weights(store.teacher, args.teacher_checkpoint)
+    decoder = None if teacher_weights is None else read_state_dict(teacher_weights)
+    path = train_student(
+        student, args.embeddings, args.out, config, decoder_state=decoder, resume=args.resume,
+        images=args.images, device=args.device, progress=not args.no_progress,
+        meta={_META_STUDENT: args.student, "teacher": store.teacher},
+    )  # fmt: skip
+    print(f"student {args.student} written to {path}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from ..build import build_model
+    from .finetune import finetune_decoder
+
+    device = _device(args)
+    teacher = build_model(args.teacher, checkpoint=_teacher_weights(args.teacher, args.teacher_checkpoint),
+                          device=device, fuse=False)  # fmt: skip
+    name, student = _student(args, device)
+    result = finetune_decoder(
+        student, teacher, _images(args.images), args.out, epochs=args.epochs,
+        num_points=args.num_points, boxes=not args.no_boxes, lr=args.lr, seed=args.seed,
+        progress=not args.no_progress, meta={_META_STUDENT: name, "teacher": args.teacher},
+    )  # fmt: skip
+    print(f"fine-tuned student written to {result.checkpoint}")
+    return 0
+
+
+def _miou(args: argparse.Namespace) -> int:
+    from ..build import build_model
+    from .evaluate import evaluate_miou
+
+    device = _device(args)
+    teacher = build_model(args.teacher, checkpoint=_teacher_weights(args.teacher, args.teacher_checkpoint),
+                          device=device)  # fmt: skip
+    report = evaluate_miou(
+        teacher, _student(args, device)[1], _images(args.images), num_points=args.num_points,
+        boxes=not args.no_boxes, seed=args.seed,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report.table())
+        print(f"mIoU {report.miou:.4f} over {len(report.images)} image(s)", file=sys.stderr)
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    return {"embed": _embed, "train": _train, "finetune-decoder": _finetune}[args.stage](args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"distill": _distill, "eval": _miou}

@@ -1,0 +1,296 @@
+"""The teacher-embedding store: precomputed image embeddings in float16 shards with a JSON-lines index.
+
+Layout of a store folder:
+
+- ``index.jsonl`` — line 1 is the header (``format``, ``teacher``, ``preprocess`` as image_size / pixel_mean
+  / pixel_std, embedding ``shape``, ``dtype`` float16, ``images_root``); every further line is one entry:
+  ``image`` (posix path relative to ``images_root``), ``shard``, ``offset`` (entry number inside the shard)
+  and ``crc32`` of the entry's float16 bytes.
+- ``shard_00000.bin`` ... — raw little-endian float16 arrays, ``shard_size`` entries of ``shape`` each,
+  read back through memory maps (bounded memory however large the store).
+
+Writing is resumable: each batch is appended to its shard and fsync'd *before* its index lines are appended
+and fsync'd, so after a kill the index names only complete entries. On reopening, a torn last index line is
+dropped, shard bytes past the indexed entries (a batch cut off mid-write) are truncated away and rewritten,
+and images already indexed are skipped: no duplicate, no lost entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..everything import find_images
+from ..modeling.sam import Sam
+from ..registry import Preprocess
+from ..utils.image import ImageError, load_image
+from ..utils.transforms import ResizeLongestSide, normalize_and_pad
+
+FORMAT = "litesam-embeddings/1"
+INDEX = "index.jsonl"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored embedding: ``image`` relative to the store's images root, its place and checksum."""
+
+    image: str
+    shard: int
+    offset: int
+    crc32: int
+
+
+def preprocess_of(model: Sam) -> Preprocess:
+    """The preprocessing a model expects (its image_size, pixel_mean and pixel_std); the float32 buffers are
+    rounded to 7 significant digits, which gives back the decimal values of the registry's ``Preprocess``."""
+    return Preprocess(
+        image_size=int(model.image_size),
+        pixel_mean=tuple(float(f"{v:.7g}") for v in model.pixel_mean.flatten().tolist()),
+        pixel_std=tuple(float(f"{v:.7g}") for v in model.pixel_std.flatten().tolist()),
+    )
+
+
+def prepare_image(path: str | os.PathLike, pp: Preprocess) -> torch.Tensor:
+    """Image file -> 3xSxS float32 encoder input: longest side resized to S, normalized, zero-padded.
+
+    The only transform used for distillation: the targets are fixed per image, so any other augmentation
+    (flips, crops, colour) would pair a changed input with an unchanged teacher embedding.
+    """
+    image = ResizeLongestSide(pp.image_size).apply_image(load_image(path))
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    mean, std = torch.tensor(pp.pixel_mean), torch.tensor(pp.pixel_std)
+    return normalize_and_pad(x, mean, std, pp.image_size)[0]
+
+
+def _shard_name(shard: int) -> str:
+    return f"shard_{shard:05d}.bin"
+
+
+def _checksum(array: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(array, dtype="<f2").tobytes())
+
+
+def _read_index(root: Path) -> tuple[dict[str, Any] | None, list[Entry], int]:
+    """(header or None, entries, byte length of the complete lines) of ``root/index.jsonl``."""
+    path = root / INDEX
+    if not path.is_file():
+        return None, [], 0
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]  # a line without its newline was torn by a kill
+    lines = complete.decode().splitlines()
+    if not lines:
+        return None, [], 0
+    header = json.loads(lines[0])
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a litesam embedding index (format {header.get('format')!r})")
+    return header, [Entry(**json.loads(line)) for line in lines[1:]], len(complete)
+
+
+class EmbeddingStore:
+    """Read access to a store folder: ``len(store)``, ``store.embedding(i)``, ``store.image_path(i)``."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        header, self.entries, _ = _read_index(self.root)
+        if header is None:
+            raise FileNotFoundError(f"no embedding index in {self.root} (run `litesam distill embed` first)")
+        self.header = header
+        self.teacher: str = header["teacher"]
+        pp = header["preprocess"]
+        self.preprocess = Preprocess(pp["image_size"], tuple(pp["pixel_mean"]), tuple(pp["pixel_std"]))
+        self.shape: tuple[int, ...] = tuple(header["shape"])
+        self.shard_size: int = header["shard_size"]
+        self.images_root = Path(header["images_root"])
+        self._maps: dict[int, np.memmap] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def image_path(self, i: int, images_root: str | os.PathLike | None = None) -> Path:
+        """Path of entry ``i``'s image, under ``images_root`` (default: the folder it was embedded from)."""
+        return Path(images_root or self.images_root) / self.entries[i].image
+
+    def embedding(self, i: int) -> torch.Tensor:
+        """Entry ``i`` as a float16 tensor of ``shape`` (e.g. 256x64x64); checksum verified."""
+        entry = self.entries[i]
+        if entry.shard not in self._maps:
+            self._maps[entry.shard] = np.memmap(
+                self.root / _shard_name(entry.shard), dtype="<f2", mode="r"
+            ).reshape(-1, *self.shape)
+        array = np.array(self._maps[entry.shard][entry.offset])
+        if _checksum(array) != entry.crc32:
+            raise ValueError(
+                f"embedding of {entry.image} in {self.root / _shard_name(entry.shard)} fails its checksum"
+                " (corrupt shard?)"
+            )
+        return torch.from_numpy(array)
+
+    def check_preprocess(self, pp: Preprocess, who: str) -> None:
+        """Raise ValueError unless the store was made with preprocessing ``pp`` (that of ``who``)."""
+        if pp != self.preprocess:
+            raise ValueError(
+                f"embeddings in {self.root} were made by {self.teacher} with {self.preprocess}, but {who}"
+                f" expects {pp}: the student would learn from inputs it never sees. Re-embed with a"
+                " teacher of the same preprocessing."
+            )
+
+
+class _Images(Dataset):
+    """(position, 3xSxS input or None when unreadable, error text) for a list of image paths."""
+
+    def __init__(self, paths: Sequence[Path], pp: Preprocess) -> None:
+        self.paths, self.pp = paths, pp
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, prepare_image(self.paths[i], self.pp), ""
+        except ImageError as e:
+            return i, None, str(e)
+
+
+@dataclass
+class EmbedSummary:
+    """What one ``embed_images`` call did: images newly embedded, already in the store, unreadable."""
+
+    written: int
+    skipped: int
+    failed: list[str]
+
+
+class _Writer:
+    """Appends embeddings to the shards and index of a store folder; repairs a killed run on opening."""
+
+    def __init__(self, root: Path, header: dict[str, Any]) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        old, entries, length = _read_index(root)
+        if old is not None:
+            diff = {k: (old.get(k), v) for k, v in header.items() if old.get(k) != v and k != "shape"}
+            if diff:
+                changes = "; ".join(f"{k}: store has {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                raise ValueError(f"{root} holds embeddings made differently ({changes}); use another --out")
+        self.header = old or header
+        self.header_written = old is not None
+        self.done = {e.image for e in entries}
+        counts: dict[int, int] = {}
+        for e in entries:
+            counts[e.shard] = max(counts.get(e.shard, 0), e.offset + 1)
+        self.shard = max(counts, default=0)
+        self.count = counts.get(self.shard, 0)
+        self._repair(counts, length)
+
+    def _repair(self, counts: dict[int, int], index_length: int) -> None:
+        index = self.root / INDEX
+        if index.exists():
+            os.truncate(index, index_length)
+        for path in self.root.glob("shard_*.bin"):
+            shard = int(path.stem.split("_")[1])
+            if shard not in counts:
+                path.unlink()  # written by a batch whose index lines never made it
+            elif "shape" in self.header:
+                size = counts[shard] * self._entry_bytes
+                if path.stat().st_size < size:
+                    raise ValueError(f"{path} is shorter than its index says: the store is corrupt")
+                os.truncate(path, size)
+
+    @property
+    def _entry_bytes(self) -> int:
+        return int(np.prod(self.header["shape"])) * 2
+
+    def append(self, images: Sequence[str], embeddings: np.ndarray) -> None:
+        """Store N embeddings (N x shape, float16) of ``images``: shards, then index, each fsync'd."""
+        if "shape" not in self.header:
+            self.header = {**self.header, "shape": list(embeddings.shape[1:])}
+        lines = [] if self.header_written else [json.dumps(self.header)]
+        touched: dict[int, Any] = {}
+        try:
+            for image, array in zip(images, embeddings, strict=True):
+                if self.count == self.header["shard_size"]:
+                    self.shard, self.count = self.shard + 1, 0
+                if self.shard not in touched:
+                    touched[self.shard] = open(self.root / _shard_name(self.shard), "ab")
+                touched[self.shard].write(np.ascontiguousarray(array, dtype="<f2").tobytes())
+                entry = Entry(image, self.shard, self.count, _checksum(array))
+                lines.append(json.dumps(asdict(entry)))
+                self.count += 1
+        finally:
+            for f in touched.values():
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        with open(self.root / INDEX, "a") as f:
+            f.write("".join(line + "\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        self.header_written = True
+        self.done.update(images)
+
+
+@torch.inference_mode()
+def embed_images(
+    teacher: Sam,
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    teacher_name: str,
+    batch_size: int = 8,
+    shard_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> EmbedSummary:
+    """Embed every image under the folder ``images`` (recursively; SA-1B's jpg + json layout or a plain
+    folder) with ``teacher.image_encoder`` into the store ``out``; resumes a previous run into ``out``.
+
+    ``teacher_name`` (e.g. ``sam_vit_h``) and the teacher's preprocessing are recorded in the index; a
+    store made by another teacher or preprocessing is refused. Unreadable images are reported and skipped
+    (and retried by the next run). ``shard_size``: entries per shard file (256 x 2 MiB for SAM's 256x64x64).
+    """
+    root = Path(images).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    pp = preprocess_of(teacher)
+    header = {
+        "format": FORMAT,
+        "teacher": teacher_name,
+        "preprocess": asdict(pp) | {"pixel_mean": list(pp.pixel_mean), "pixel_std": list(pp.pixel_std)},
+        "dtype": "float16",
+        "shard_size": shard_size,
+        "images_root": str(root),
+    }
+    writer = _Writer(Path(out), header)
+    found = [job.path.relative_to(root).as_posix() for job in find_images([root], recursive=True)]
+    todo = [name for name in found if name not in writer.done]
+    loader = DataLoader(
+        _Images([root / name for name in todo], pp),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=list,
+    )
+    teacher = teacher.to(device).eval()
+    failed: list[str] = []
+    with tqdm(total=len(todo), desc="embed", unit="image", disable=not progress, file=sys.stderr) as bar:
+        for batch in loader:
+            good = [(i, x) for i, x, _ in batch if x is not None]
+            failed.extend(f"{todo[i]}: {err}" for i, x, err in batch if x is None)
+            if good:
+                x = torch.stack([x for _, x in good]).to(device)
+                emb = teacher.image_encoder(x).float().cpu().numpy().astype(np.float16)
+                writer.append([todo[i] for i, _ in good], emb)
+            bar.update(len(batch))
+    for line in failed:
+        print(f"skipped unreadable image {line}", file=sys.stderr)
+    return EmbedSummary(written=len(todo) - len(failed), skipped=len(found) - len(todo), failed=failed)

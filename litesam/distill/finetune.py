@@ -1,0 +1,231 @@
+"""Decoder fine-tuning, the optional last stage of decoupled distillation: the student's mask decoder
+learns to give the teacher's masks on top of the (frozen) distilled encoder.
+
+``finetune_decoder(student, teacher, images, out, epochs=1, num_points=8, boxes=True, multimask=True,
+lr=1e-5, weight_decay=0.1, max_grad_norm=1.0, mask_side=256, seed=0, progress=True, meta=None)
+-> FinetuneResult``
+
+- ``student``: an unfused :class:`~litesam.modeling.Sam` (``build_model(name, checkpoint, fuse=False)``) whose
+  image encoder was distilled; ``teacher``: the SAM whose masks are the targets.
+- ``images``: image paths (or arrays), visited once per epoch in a seeded random order, one image per step.
+- ``out``: the folder that receives ``finetuned.pt``.
+
+What trains: the mask decoder only. The image encoder (already distilled) and the prompt encoder (carried
+over from the teacher, so prompts keep their meaning) are frozen.
+
+Targets, per step: ``num_points`` single foreground-point prompts drawn uniformly over the image and, with
+``boxes``, the bounding boxes of the teacher's (non-empty) point masks; for each prompt the teacher's
+single-mask output and, with ``multimask``, its three multimask outputs, thresholded to binary masks.
+Student and teacher masks are compared in the image frame scaled to ``mask_side`` pixels on its longest
+side (the same for any pair of models, whatever their input sizes).
+
+Loss, as SAM's: 20 x sigmoid focal loss + 1 x dice loss on the mask logits, plus the MSE between the
+decoder's predicted IoU and the IoU of its (thresholded) mask with the teacher's. AdamW, gradients clipped
+to ``max_grad_norm``; no augmentation beyond the models' own resize and pad (the random prompts vary the
+targets), and both models stay in eval mode (SAM's decoder has no dropout or batch norm). A progress bar
+shows the loss, images/s and the ETA. The full model state_dict is written atomically to
+``out/finetuned.pt`` at every epoch end (``{"model": state_dict, "meta": {**meta, "stage", "epoch",
+"steps"}}``; pass ``meta={"student": name}`` so the file names its model): it loads with
+``build_model(name, checkpoint=out / "finetuned.pt")``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..modeling.sam import Sam
+from ..predictor import Predictor
+from ..utils.image import ImageInput, load_image
+from ..utils.transforms import resized_shape
+from .evaluate import boxes_from_masks, sample_points
+
+FOCAL_WEIGHT = 20.0  # SAM: focal and dice losses in a 20:1 ratio
+DICE_WEIGHT = 1.0
+IOU_WEIGHT = 1.0
+CHECKPOINT_NAME = "finetuned.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Where the fine-tuned model was written, and the loss of every step."""
+
+    checkpoint: Path
+    losses: tuple[float, ...]
+
+
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Sigmoid focal loss, mean over masks and pixels; logits and 0/1 targets KxMxHxW -> scalar."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    weight = alpha * target + (1 - alpha) * (1 - target)
+    return (weight * ce * (1 - p_t) ** gamma).mean()
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft dice per mask, mean over masks; logits and 0/1 targets KxMxHxW -> scalar."""
+    p = logits.sigmoid().flatten(2)
+    target = target.flatten(2)
+    dice = (2 * (p * target).sum(-1) + eps) / (p.sum(-1) + target.sum(-1) + eps)
+    return (1 - dice).mean()
+
+
+def decoder_loss(
+    logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.0
+) -> torch.Tensor:
+    """SAM's loss of mask logits KxMxHxW and predicted IoUs KxM against 0/1 target masks KxMxHxW."""
+    pred = (logits.detach() > threshold).flatten(2)
+    truth = target.flatten(2) > 0.5
+    union = (pred | truth).sum(-1)
+    actual = torch.where(union > 0, (pred & truth).sum(-1) / union.clamp(min=1), 1.0)
+    return (
+        FOCAL_WEIGHT * focal_loss(logits, target)
+        + DICE_WEIGHT * dice_loss(logits, target)
+        + IOU_WEIGHT * F.mse_loss(iou_pred, actual.to(iou_pred.dtype))
+    )
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path`` (never half
+    written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _teacher_targets(
+    teacher: Predictor, rng: np.random.Generator, num_points: int, boxes: bool, outputs: tuple[bool, ...]
+) -> list[tuple[dict[str, np.ndarray], bool, np.ndarray]]:
+    """(prompt set as ``predict_batch`` keywords, multimask flag, teacher low-res logits KxMx256x256) for
+    random point prompts and the boxes of the teacher's point masks."""
+    points = sample_points(rng, teacher.original_size, num_points)[:, None]
+    point_set = {"point_coords": points, "point_labels": np.ones(points.shape[:2], dtype=np.int64)}
+    masks, _, low_res = teacher.predict_batch(**point_set, multimask_output=False)
+    sets = [point_set]
+    if boxes:
+        box_prompts = boxes_from_masks(masks[:, 0])[0]
+        if len(box_prompts):
+            sets.append({"boxes": box_prompts})
+    targets = []
+    for prompts in sets:
+        for multi in outputs:
+            reuse = prompts is point_set and not multi  # already decoded above
+            logits = low_res if reuse else teacher.predict_batch(**prompts, multimask_output=multi)[2]
+            targets.append((prompts, multi, logits))
+    return targets
+
+
+def _student_logits(
+    student: Predictor,
+    features: torch.Tensor,
+    prompts: dict[str, np.ndarray],
+    multimask: bool,
+    side: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's mask logits KxMx(side) and IoU predictions KxM for one prompt set, with gradients."""
+    model, transform, size = student.model, student.transform, student.original_size
+    coords = labels = boxes = None
+    if "point_coords" in prompts:
+        pts = torch.as_tensor(prompts["point_coords"], dtype=torch.float, device=model.device)
+        coords = transform.apply_coords_torch(pts, size)
+        labels = torch.as_tensor(prompts["point_labels"], dtype=torch.int, device=model.device)
+    if "boxes" in prompts:
+        box = torch.as_tensor(prompts["boxes"], dtype=torch.float, device=model.device)
+        boxes = transform.apply_boxes_torch(box, size)
+    low_res, iou = model.decode(features, coords, labels, boxes, None, multimask)
+    return model.postprocess_masks(low_res, student.input_size, side), iou
+
+
+def _image_loss(
+    ref: Predictor,
+    pred: Predictor,
+    rgb: np.ndarray,
+    rng: np.random.Generator,
+    num_points: int,
+    boxes: bool,
+    outputs: tuple[bool, ...],
+    mask_side: int,
+) -> torch.Tensor:
+    """The student's decoder loss, summed over one image's sampled prompt sets and output kinds."""
+    ref.set_image(rgb)
+    pred.set_image(rgb)
+    features = pred.features.clone()  # a normal tensor: inference tensors cannot enter autograd
+    side = resized_shape(rgb.shape[0], rgb.shape[1], mask_side)
+    teacher, student = ref.model, pred.model
+    loss = torch.zeros((), device=student.device)
+    for prompts, multi, low_res in _teacher_targets(ref, rng, num_points, boxes, outputs):
+        with torch.no_grad():
+            low_res = torch.as_tensor(low_res, device=teacher.device)
+            target = teacher.postprocess_masks(low_res, ref.input_size, side) > teacher.mask_threshold
+        logits, iou = _student_logits(pred, features, prompts, multi, side)
+        loss = loss + decoder_loss(logits, iou, target.float().to(student.device), student.mask_threshold)
+    return loss
+
+
+def finetune_decoder(
+    student: Sam,
+    teacher: Sam,
+    images: Sequence[ImageInput],
+    out: str | os.PathLike,
+    epochs: int = 1,
+    num_points: int = 8,
+    boxes: bool = True,
+    multimask: bool = True,
+    lr: float = 1e-5,
+    weight_decay: float = 0.1,
+    max_grad_norm: float = 1.0,
+    mask_side: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    meta: dict[str, str] | None = None,
+) -> FinetuneResult:
+    """Train ``student.mask_decoder`` on ``teacher``'s masks for sampled prompts; see the module docstring."""
+    if not images:
+        raise ValueError("no images to fine-tune on")
+    if epochs < 1 or num_points < 1:
+        raise ValueError(f"epochs and num_points must be at least 1, got {epochs} and {num_points}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ref, pred = Predictor(teacher), Predictor(student)  # both in eval mode; encoders run without gradients
+    trainable = {p: p.requires_grad for p in student.parameters()}
+    student.requires_grad_(False)
+    student.mask_decoder.requires_grad_(True)
+    params = list(student.mask_decoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    outputs = (False, True) if multimask else (False,)
+    losses: list[float] = []
+    path = out / CHECKPOINT_NAME
+    bar = tqdm(total=epochs * len(images), desc="finetune decoder", unit="image", disable=not progress)
+    start = time.perf_counter()
+    try:
+        for epoch in range(epochs):
+            for index in rng.permutation(len(images)):
+                rgb = load_image(images[index])
+                loss = _image_loss(ref, pred, rgb, rng, num_points, boxes, outputs, mask_side)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                losses.append(loss.item())
+                bar.update()
+                rate = len(losses) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.2f}")
+            info = {**(meta or {}), "stage": "finetune-decoder", "epoch": epoch + 1, "steps": len(losses)}
+            save_atomic({"model": student.state_dict(), "meta": info}, path)
+    finally:
+        bar.close()
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
+    return FinetuneResult(path, tuple(losses))

@@ -1,0 +1,339 @@
+"""Decoupled distillation, stage 1: train a student image encoder to reproduce stored teacher embeddings.
+
+MSE between the student's Bx256x64x64 output and the teacher's stored embedding, AdamW, linear warm-up then
+cosine decay to 0, gradient-norm clipping, bf16 autocast on CUDA GPUs that support it. No augmentation
+beyond resize + pad (as MobileSAM and RepViT-SAM): the targets are precomputed per image, so a flipped or
+cropped input would no longer match its target.
+
+The data order is a permutation drawn from ``(seed, epoch)`` alone, so a run is a pure function of its
+config and store; checkpoints (``run/last.pt``, atomic) hold the full SAM state_dict under ``"model"`` (the
+student encoder + the teacher's prompt encoder and mask decoder, loadable by ``litesam.build_model``) plus
+optimizer, scheduler, step, epoch, position in the epoch and every rank's RNG state, so a killed run resumed
+with ``resume=True`` ends with the same weights as an uninterrupted one.
+
+Many processes (``torchrun``): ``torch.distributed`` with NCCL on GPUs, gloo on CPU; each global batch is
+split into equal consecutive slices, one per rank, and DistributedDataParallel averages the gradients, so
+the result matches one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..everything import write_atomic
+from ..modeling.sam import Sam
+from ..registry import Preprocess
+from .embeddings import EmbeddingStore, prepare_image, preprocess_of
+
+CHECKPOINT = "last.pt"
+LOG = "log.jsonl"
+CURVE = "loss_curve.png"
+# Settings that may change between a run and its resumption without changing the result.
+_FREE_ON_RESUME = ("save_every", "num_workers")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a distillation run; ``batch_size`` is global (summed over processes)."""
+
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 250
+    clip_grad: float = 1.0
+    seed: int = 0
+    save_every: int = 1000
+    amp: bool = True
+    num_workers: int = 0
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up over ``warmup`` steps, then a
+    cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The global batches of one epoch: (n // batch_size) x batch_size entry indices (last partial batch
+    dropped), from a permutation that depends on (seed, epoch) only."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    steps = n // batch_size
+    return torch.randperm(n, generator=generator)[: steps * batch_size].view(steps, batch_size)
+
+
+class _Pairs(Dataset):
+    """Store entry i -> (3xSxS student input, float16 teacher embedding)."""
+
+    def __init__(self, store: EmbeddingStore, pp: Preprocess, images_root: str | os.PathLike | None) -> None:
+        self.store, self.pp, self.images_root = store, pp, images_root
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return prepare_image(self.store.image_path(i, self.images_root), self.pp), self.store.embedding(i)
+
+
+def _distributed(device: str | torch.device | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the torchrun process group (NCCL on GPUs, gloo on CPU) if any."""
+    if device is None:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    return 0, 1, device
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    """torch.save through a temporary file, fsync'd, then os.replace: a kill never leaves half a file."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomic(path, write)
+
+
+def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> None:
+    """Loss (log scale) against step as a PNG, drawn with PIL."""
+    width, height, margin = 640, 360, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    points = [(r["step"], math.log10(max(r["loss"], 1e-12))) for r in records]
+    if points:
+        (s0, s1), (l0, l1) = ((min(p[i] for p in points), max(p[i] for p in points)) for i in (0, 1))
+        sx = (width - 2 * margin) / max(s1 - s0, 1)
+        sy = (height - 2 * margin) / max(l1 - l0, 1e-9)
+        xy = [(margin + (s - s0) * sx, height - margin - (v - l0) * sy) for s, v in points]
+        draw.line(xy if len(xy) > 1 else xy * 2, fill=(31, 119, 180), width=2)
+        draw.text((margin, 10), f"MSE loss (log10 {l0:.2f} .. {l1:.2f}) vs step {s0}..{s1}", fill="black")
+    draw.rectangle((margin, margin, width - margin, height - margin), outline="black")
+    write_atomic(path, lambda p: image.save(p, format="PNG"))
+
+
+class _Logs:
+    """Per-step records, kept in memory until a checkpoint writes them to log.jsonl (so a resumed run
+    neither repeats nor loses lines), redrawn as loss_curve.png, and sent to TensorBoard if installed."""
+
+    def __init__(self, out: Path, step: int, enabled: bool) -> None:
+        self.out, self.enabled, self.pending = out, enabled, []
+        self.records: list[dict[str, Any]] = []
+        self.board = None
+        if not enabled:
+            return
+        if (out / LOG).exists():
+            lines = (out / LOG).read_text().splitlines()
+            self.records = [r for r in map(json.loads, lines) if r["step"] <= step]
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
+        except ImportError:
+            pass
+
+    def add(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            self.pending.append(record)
+            if self.board is not None:
+                for key in ("loss", "lr", "images_per_s"):
+                    self.board.add_scalar(f"train/{key}", record[key], record["step"])
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.records += self.pending
+            self.pending = []
+            text = "".join(json.dumps(r) + "\n" for r in self.records)
+            write_atomic(self.out / LOG, lambda p: p.write_text(text))
+            plot_loss_curve(self.records, self.out / CURVE)
+            if self.board is not None:
+                self.board.flush()
+
+
+def train_student(
+    student: Sam,
+    embeddings: str | os.PathLike,
+    out: str | os.PathLike,
+    config: TrainConfig = TrainConfig(),
+    decoder_state: Mapping[str, torch.Tensor] | None = None,
+    resume: bool = False,
+    images: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Train ``student.image_encoder`` on the store ``embeddings``; returns the path of ``out/last.pt``.
+
+    ``decoder_state``: the teacher's state_dict, whose ``prompt_encoder.*`` and ``mask_decoder.*`` weights
+    are loaded into the student (and so into every checkpoint). ``meta``: saved as is in the checkpoints
+    (the CLI records the student's registry name there). ``images``: the images folder if it moved since
+    embedding. ``resume``: continue from ``out/last.pt`` (the config must match the saved one except
+    ``save_every``/``num_workers``); without it an existing ``out/last.pt`` is an error. Under torchrun
+    every process calls this; rank 0 writes.
+    """
+    rank, world, device = _distributed(device)
+    out = Path(out)
+    store = EmbeddingStore(embeddings)
+    pp = preprocess_of(student)
+    store.check_preprocess(pp, "the student")
+    if config.batch_size % world:
+        raise ValueError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
+    steps_per_epoch = len(store) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(store)} embeddings are fewer than one batch of {config.batch_size}")
+    total = steps_per_epoch * config.epochs
+
+    if decoder_state is not None:
+        for name in ("prompt_encoder", "mask_decoder"):
+            prefix = name + "."
+            part = {k[len(prefix) :]: v for k, v in decoder_state.items() if k.startswith(prefix)}
+            getattr(student, name).load_state_dict(part)
+    student.to(device).train()
+    encoder = student.image_encoder
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup_steps, total)
+    )
+    step = epoch = position = 0
+    path = out / CHECKPOINT
+    if resume:
+        step, epoch, position = _restore(path, student, optimizer, scheduler, config, rank, world)
+    elif path.exists():
+        raise ValueError(f"{path} exists: pass resume to continue that run, or choose another folder")
+    else:
+        torch.manual_seed(config.seed + rank)
+    model = DistributedDataParallel(encoder) if world > 1 else encoder
+    amp = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    local = config.batch_size // world
+    logs = _Logs(out, step, enabled=rank == 0)
+    dataset = _Pairs(store, pp, images)
+
+    def checkpoint(next_epoch: int, next_position: int) -> None:
+        states: list[Any] = [_rng_state()]
+        if world > 1:
+            states = [None] * world
+            dist.all_gather_object(states, _rng_state())
+        if rank == 0:
+            state = {
+                "model": student.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "epoch": next_epoch,
+                "position": next_position,
+                "rng": states,
+                "world_size": world,
+                "config": asdict(config),
+                "teacher": store.teacher,
+                "meta": dict(meta or {}),
+            }
+            _save(state, path)
+            logs.flush()
+
+    bar = tqdm(total=total, initial=step, desc="distill", unit="step", disable=not progress or rank > 0,
+               file=sys.stderr)  # fmt: skip
+    while epoch < config.epochs:
+        batches = epoch_order(len(store), config.batch_size, config.seed, epoch)[position:]
+        mine = batches[:, rank * local : (rank + 1) * local].tolist()
+        loader = DataLoader(
+            dataset,
+            batch_sampler=mine,
+            num_workers=config.num_workers,
+            generator=torch.Generator(),  # the loader must not draw from the global RNG
+        )
+        tic = time.perf_counter()
+        for x, target in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                pred = model(x.to(device, non_blocking=True))
+            loss = F.mse_loss(pred.float(), target.to(device).float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            step, position = step + 1, position + 1
+            reported = loss.detach()
+            if world > 1:
+                dist.all_reduce(reported)
+                reported /= world
+            toc = time.perf_counter()
+            speed = config.batch_size / max(toc - tic, 1e-9)
+            tic = toc
+            logs.add({"step": step, "epoch": epoch, "loss": reported.item(), "lr": scheduler.get_last_lr()[0],
+                      "images_per_s": speed})  # fmt: skip
+            bar.set_postfix(epoch=epoch + 1, loss=f"{reported.item():.4g}", img_s=f"{speed:.1f}")
+            bar.update()
+            if position == steps_per_epoch:
+                epoch, position = epoch + 1, 0
+                checkpoint(epoch, 0)
+            elif step % config.save_every == 0:
+                checkpoint(epoch, position)
+    bar.close()
+    student.eval()
+    return path
+
+
+def _restore(
+    path: Path,
+    student: Sam,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    rank: int,
+    world: int,
+) -> tuple[int, int, int]:
+    """Load a checkpoint into the run's objects; (step, epoch, position) to continue from."""
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = {k: v for k, v in state["config"].items() if k not in _FREE_ON_RESUME}
+    now = {k: v for k, v in asdict(config).items() if k not in _FREE_ON_RESUME}
+    if saved != now or state["world_size"] != world:
+        diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
+        if state["world_size"] != world:
+            diff["processes"] = (state["world_size"], world)
+        raise ValueError(f"cannot resume {path} exactly with changed settings (saved, now): {diff}")
+    student.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"][rank])
+    return state["step"], state["epoch"], state["position"]

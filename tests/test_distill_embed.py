@@ -1,0 +1,175 @@
+"""The teacher-embedding store of decoupled distillation: content, resume after a kill, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import photo
+from PIL import Image
+from torch import nn
+
+from litesam.distill.embeddings import INDEX, EmbeddingStore, embed_images, prepare_image, preprocess_of
+from litesam.modeling import Sam
+from litesam.registry import Preprocess
+from litesam.zoo.sam import sam_with_encoder
+
+SIZE = 64  # encoder input side of the tiny models: one pixel per cell of the 64x64 embedding grid
+
+
+def tiny_teacher(seed: int = 0) -> Sam:
+    """A SAM whose 'encoder' is one 3x3 convolution: Bx3x64x64 -> Bx256x64x64."""
+    torch.manual_seed(seed)
+    return sam_with_encoder(nn.Conv2d(3, 256, 3, padding=1), Preprocess(image_size=SIZE)).eval()
+
+
+def tiny_student(seed: int = 1, pp: Preprocess | None = None) -> Sam:
+    """A SAM with a different tiny encoder (conv, GELU, 1x1 conv): Bx3x64x64 -> Bx256x64x64."""
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 256, 1))
+    return sam_with_encoder(encoder, pp or Preprocess(image_size=SIZE))
+
+
+def make_images(folder: Path, count: int) -> list[str]:
+    """SA-1B-like folder: sa_<i>.jpg with a sa_<i>.json beside it, a third in a subfolder; relative paths."""
+    names = []
+    for i in range(count):
+        name = f"{'sub/' if i % 3 == 2 else ''}sa_{i}.jpg"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo(40 + 3 * i, 56, seed=i)).save(folder / name)
+        (folder / name).with_suffix(".json").write_text(json.dumps({"annotations": []}))
+        names.append(name)
+    return sorted(names)
+
+
+def stored(store: EmbeddingStore) -> dict[str, torch.Tensor]:
+    return {e.image: store.embedding(i) for i, e in enumerate(store.entries)}
+
+
+class CrashAfter:
+    """Forward hook that raises on call ``n`` (a kill in the middle of a run)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self, *_: object) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt("killed")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> tuple[Path, list[str]]:
+    return tmp_path / "images", make_images(tmp_path / "images", 7)
+
+
+def test_store_holds_the_teachers_float16_embedding_of_every_image(images, tmp_path):
+    folder, names = images
+    teacher = tiny_teacher()
+    summary = embed_images(teacher, folder, tmp_path / "emb", "tiny_vit", batch_size=3, shard_size=4,
+                           progress=False)  # fmt: skip
+    assert (summary.written, summary.skipped, summary.failed) == (7, 0, [])
+    store = EmbeddingStore(tmp_path / "emb")
+    assert sorted(e.image for e in store.entries) == names  # json files are not images
+    assert store.teacher == "tiny_vit" and store.preprocess == preprocess_of(teacher)
+    assert store.shape == (256, 64, 64) and len(list((tmp_path / "emb").glob("shard_*.bin"))) == 2
+    for i, entry in enumerate(store.entries):
+        with torch.no_grad():
+            expected = teacher.image_encoder(prepare_image(folder / entry.image, store.preprocess)[None])[0]
+        got = store.embedding(i)
+        assert got.dtype == torch.float16 and store.image_path(i) == folder / entry.image
+        torch.testing.assert_close(got.float(), expected, atol=2e-3, rtol=1e-3)
+
+
+def test_a_killed_run_resumes_without_duplicate_or_lost_entries(images, tmp_path):
+    folder, names = images
+    teacher = tiny_teacher()
+    embed_images(teacher, folder, tmp_path / "clean", "t", batch_size=2, shard_size=3, progress=False)
+
+    out = tmp_path / "emb"
+    hook = teacher.image_encoder.register_forward_hook(CrashAfter(3))  # dies on the third batch
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(teacher, folder, out, "t", batch_size=2, shard_size=3, progress=False)
+    hook.remove()
+    assert len(EmbeddingStore(out)) == 4
+    # The kill also tore the next batch: half an entry in the shard, half a line in the index.
+    with open(out / "shard_00001.bin", "ab") as f:
+        f.write(b"\x01" * 1000)
+    with open(out / INDEX, "a") as f:
+        f.write('{"image": "sa_6.jpg", "sha')
+
+    summary = embed_images(teacher, folder, out, "t", batch_size=2, shard_size=3, progress=False)
+    assert (summary.written, summary.skipped) == (3, 4)
+    store = EmbeddingStore(out)
+    assert sorted(e.image for e in store.entries) == names
+    clean = stored(EmbeddingStore(tmp_path / "clean"))
+    for name, emb in stored(store).items():
+        assert torch.equal(emb, clean[name])
+    entry_bytes = 256 * 64 * 64 * 2
+    for shard, count in ((0, 3), (1, 3), (2, 1)):
+        assert (out / f"shard_{shard:05d}.bin").stat().st_size == count * entry_bytes
+
+
+def test_rerun_only_embeds_new_images(images, tmp_path):
+    folder, _ = images
+    teacher = tiny_teacher()
+    embed_images(teacher, folder, tmp_path / "emb", "t", progress=False)
+    Image.fromarray(photo(50, 50, seed=99)).save(folder / "new.png")
+    summary = embed_images(teacher, folder, tmp_path / "emb", "t", progress=False)
+    assert (summary.written, summary.skipped) == (1, 7)
+    assert len(EmbeddingStore(tmp_path / "emb")) == 8
+
+
+def test_unreadable_images_are_reported_skipped_and_retried(images, tmp_path):
+    folder, _ = images
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    summary = embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", progress=False)
+    assert summary.written == 7 and len(summary.failed) == 1 and "broken.jpg" in summary.failed[0]
+    again = embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", progress=False)
+    assert (again.written, again.skipped, len(again.failed)) == (0, 7, 1)
+
+
+def test_a_store_refuses_another_teacher_or_preprocessing(images, tmp_path):
+    folder, _ = images
+    embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", progress=False)
+    with pytest.raises(ValueError, match="teacher"):
+        embed_images(tiny_teacher(), folder, tmp_path / "emb", "other", progress=False)
+    other_std = sam_with_encoder(nn.Conv2d(3, 256, 3, padding=1), Preprocess(SIZE, pixel_std=(1.0, 1.0, 1.0)))
+    with pytest.raises(ValueError, match="preprocess"):
+        embed_images(other_std, folder, tmp_path / "emb", "t", progress=False)
+    store = EmbeddingStore(tmp_path / "emb")
+    store.check_preprocess(Preprocess(image_size=SIZE), "a student")
+    with pytest.raises(ValueError, match="student"):
+        store.check_preprocess(Preprocess(image_size=1024), "the student")
+
+
+def test_a_corrupted_shard_fails_its_checksum(images, tmp_path):
+    folder, _ = images
+    embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", progress=False)
+    shard = tmp_path / "emb" / "shard_00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    store = EmbeddingStore(tmp_path / "emb")
+    with pytest.raises(ValueError, match="checksum"):
+        store.embedding(0)
+    assert store.embedding(1).shape == (256, 64, 64)
+
+
+def test_missing_store_and_folder_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="distill embed"):
+        EmbeddingStore(tmp_path)
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        embed_images(tiny_teacher(), tmp_path / "nope", tmp_path / "emb", "t", progress=False)
+
+
+def test_prepared_input_is_resized_normalized_and_padded(tmp_path):
+    Image.fromarray(np.full((20, 40, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    pp = Preprocess(image_size=SIZE)
+    x = prepare_image(tmp_path / "a.png", pp)
+    assert x.shape == (3, SIZE, SIZE)
+    torch.testing.assert_close(x[:, 0, 0], (200 - torch.tensor(pp.pixel_mean)) / torch.tensor(pp.pixel_std))
+    assert x[:, 32:].abs().max() == 0  # 20x40 -> 32x64, padded at the bottom
