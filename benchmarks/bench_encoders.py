@@ -1,4 +1,5 @@
-"""Encoder latency of every model on this CPU: litesam (unfused and fused) vs the official implementation.
+"""Encoder latency of every model on this CPU: litesam (as built, and prepared for inference as
+``build_model(name, checkpoint)`` returns it: fused, channels-last) vs the official implementation.
 
     python benchmarks/bench_encoders.py [--models mobile_sam repvit_sam ...] [--repeats 3] [--threads 2]
 
@@ -17,7 +18,7 @@ import torch
 from common import import_official, interleaved, matmul_gflops
 
 import litesam
-from litesam.modeling.fuse import fuse_modules
+from litesam.build import prepare_for_inference
 from litesam.utils.stats import model_stats
 
 DEFAULT = [
@@ -38,6 +39,31 @@ def official_encoder(name: str, ours: torch.nn.Module) -> torch.nn.Module | None
     return official.image_encoder.eval()
 
 
+def time_model(name: str, repeats: int) -> str:
+    """One Markdown table row: the model's encoder timed as built, prepared for inference, and official."""
+    model = litesam.build_model(name)
+    fused = prepare_for_inference(copy.deepcopy(model))  # what build_model(name, checkpoint) returns
+    size = model.image_size
+    x = torch.randn(1, 3, size, size)
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    fns = {"litesam": lambda: model.image_encoder(x), "fused": lambda: fused.image_encoder(x_nhwc)}
+    official = official_encoder(name, model)
+    if official is not None:
+        fns["official"] = lambda: official(x)
+    with torch.inference_mode():
+        times = interleaved(fns, repeats)
+    peak = matmul_gflops()
+    best = min(times["litesam"], times["fused"])
+    gflops = model_stats(name).encoder_flops / 1e9
+    ratio = f"{times['official'] / best:.2f}x" if "official" in times else "-"
+    official_ms = f"{1e3 * times['official']:.0f}" if "official" in times else "-"
+    achieved = gflops / best
+    return (
+        f"| {name} | {size} | {gflops:.1f} | {official_ms} | {1e3 * times['litesam']:.0f} "
+        f"| {1e3 * times['fused']:.0f} | {ratio} | {achieved:.0f} | {100 * achieved / peak:.0f}% |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,27 +76,7 @@ def main() -> None:
 
     rows = []
     for name in args.models:
-        model = litesam.build_model(name)
-        fused = fuse_modules(copy.deepcopy(model))
-        size = model.image_size
-        x = torch.randn(1, 3, size, size)
-        encoders = {"litesam": model.image_encoder, "fused": fused.image_encoder}
-        official = official_encoder(name, model)
-        if official is not None:
-            encoders["official"] = official
-        fns = {key: (lambda enc=enc, x=x: enc(x)) for key, enc in encoders.items()}
-        with torch.inference_mode():
-            times = interleaved(fns, args.repeats)
-        peak = matmul_gflops()
-        best = min(times["litesam"], times["fused"])
-        gflops = model_stats(name).encoder_flops / 1e9
-        ratio = f"{times['official'] / best:.2f}x" if "official" in times else "-"
-        official_ms = f"{1e3 * times['official']:.0f}" if "official" in times else "-"
-        achieved = gflops / best
-        rows.append(
-            f"| {name} | {size} | {gflops:.1f} | {official_ms} | {1e3 * times['litesam']:.0f} "
-            f"| {1e3 * times['fused']:.0f} | {ratio} | {achieved:.0f} | {100 * achieved / peak:.0f}% |"
-        )
+        rows.append(time_model(name, args.repeats))
         print(rows[-1], flush=True)
     print(f"\n{args.threads} threads, torch {torch.__version__}, median of {args.repeats} interleaved runs\n")
     print("| model | input | GFLOPs | official ms | litesam ms | fused ms | speed-up | GFLOP/s | % of peak |")

@@ -23,8 +23,9 @@ def build_model(
 
     ``checkpoint``: a file path, or ``"auto"`` to use the official file from the cache (downloading it
     if needed); loaded strictly. With no checkpoint the weights are random.
-    ``fuse``: fold BatchNorms and re-parameterisable branches into single convolutions for inference
-    (same outputs, faster; the state_dict then no longer has the official keys). Default: fuse exactly
+    ``fuse``: prepare for inference: fold BatchNorms and re-parameterisable branches into single
+    convolutions and switch convolutions to channels-last memory (same outputs to float rounding,
+    10-20% faster on CPU; the state_dict then no longer has the official keys). Default: fuse exactly
     when a checkpoint was loaded — pass ``fuse=False`` to train or fine-tune.
     """
     spec = get_spec(name)
@@ -41,5 +42,12 @@ def build_model(
         load_into(model, read_state_dict(path), spec.name, str(path))
     model.eval()
     if fuse if fuse is not None else checkpoint is not None:
-        fuse_modules(model)
+        prepare_for_inference(model)
     return model.to(device)
+
+
+def prepare_for_inference(model: Sam) -> Sam:
+    """In place: fold BatchNorms / re-parameterisable branches and use channels-last convolutions."""
+    fuse_modules(model.eval()).to(memory_format=torch.channels_last)
+    model.channels_last = True
+    return model

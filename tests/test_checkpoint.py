@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from helpers import tiny_sam
+from helpers import photo, tiny_sam
 
 import litesam
 from litesam.checkpoint import CheckpointError, load_into, read_state_dict
@@ -120,15 +121,21 @@ def test_official_layout_round_trip_through_build_model(tmp_path):
         assert torch.equal(value, loaded.state_dict()[key]), key
 
 
-def test_checkpoint_models_are_fused_for_inference_with_the_same_outputs(tmp_path):
-    reference = litesam.build_model("mobile_sam")
-    path = tmp_path / "mobile_sam.pt"
+@pytest.mark.parametrize("name", ["mobile_sam", "edge_sam"])
+def test_checkpoint_models_are_prepared_for_inference_with_the_same_outputs(tmp_path, name):
+    reference = litesam.build_model(name)
+    path = tmp_path / "model.pt"
     torch.save(reference.state_dict(), path)
-    fused = litesam.build_model("mobile_sam", checkpoint=path)
+    fused = litesam.build_model(name, checkpoint=path)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    x = torch.randn(1, 3, 1024, 1024)
-    with torch.inference_mode():
-        torch.testing.assert_close(fused.image_encoder(x), reference.image_encoder(x), atol=1e-4, rtol=1e-4)
+    assert fused.channels_last
+    image = photo(300, 400)
+    ours, theirs = litesam.Predictor(fused), litesam.Predictor(reference)
+    ours.set_image(image)
+    theirs.set_image(image)
+    torch.testing.assert_close(ours.features, theirs.features, atol=1e-4, rtol=1e-4)
+    for got, want in zip(ours.predict([[200, 150]], [1]), theirs.predict([[200, 150]], [1]), strict=True):
+        assert np.abs(got.astype(np.float64) - want).mean() < 1e-4
 
 
 def test_offline_auto_checkpoint_says_what_to_pass(monkeypatch, tmp_path):

@@ -24,6 +24,7 @@ class Sam(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    channels_last: bool = False  # feed the encoder NHWC-strided input (set with NHWC conv weights)
 
     def __init__(
         self,
@@ -55,7 +56,8 @@ class Sam(nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Bx3xhxw float pixels (0-255, longest side = image_size) -> normalized, padded Bx3xSxS."""
-        return normalize_and_pad(x, self.pixel_mean, self.pixel_std, self.image_size)
+        x = normalize_and_pad(x, self.pixel_mean, self.pixel_std, self.image_size)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def decode(
         self,
