@@ -27,8 +27,9 @@ from PIL import Image
 from torch import nn
 
 import litesam
+from litesam.modeling.common import ConvBN
 from litesam.modeling.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
-from litesam.modeling.tiny_vit import ConvBN, DropPath, MBConv, TinyViT, TinyViTBlock
+from litesam.modeling.tiny_vit import DropPath, MBConv, TinyViT, TinyViTBlock
 from litesam.utils.transforms import ResizeLongestSide, normalize_and_pad
 from litesam.zoo.mobile_sam import mobile_sam_encoder
 

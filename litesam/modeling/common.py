@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fuse import fuse_conv_bn
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a BxCxHxW tensor."""
@@ -53,3 +55,30 @@ class MLP(nn.Module):
             if i < last:
                 x = torch.relu(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class ConvBN(nn.Sequential):
+    """Bias-free ``Conv2d`` (key ``c``) then ``BatchNorm2d`` (``bn``), 'same' padding for odd kernels.
+
+    BxCinxHxW -> BxCoutxH/sxW/s; :meth:`fused` gives the single equivalent conv for inference.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1
+    ) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+
+    def fused(self) -> nn.Conv2d:
+        return fuse_conv_bn(self.c, self.bn)
+
+
+def sam_neck(in_ch: int, out_ch: int = 256) -> nn.Sequential:
+    """SAM's neck (keys ``neck.0``-``neck.3``): 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d; no biases."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 1, bias=False),
+        LayerNorm2d(out_ch),
+        nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+        LayerNorm2d(out_ch),
+    )

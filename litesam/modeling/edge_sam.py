@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..utils.amg import stability_score
+from .common import sam_neck
 from .fuse import fuse_modules
-from .repvit import RepViTConfig, build_features, sam_neck
+from .repvit import RepViTConfig, build_features
 from .sam import Sam
 
 EDGE_SAM_CONFIG = RepViTConfig(

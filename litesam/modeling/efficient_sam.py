@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import sam_neck
 from .prompt_encoder import PositionEmbeddingRandom
 from .sam import Sam
 from .transformer import Attention
@@ -120,12 +120,7 @@ class EfficientSamImageEncoder(nn.Module):
         # Position table of the 224-px pretraining, with a leading (unused) class-token slot.
         self.pos_embed = nn.Parameter(torch.zeros(1, PRETRAIN_GRID**2 + 1, embed_dim))
         self.blocks = nn.ModuleList(ViTBlock(embed_dim, num_heads) for _ in range(depth))
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = sam_neck(embed_dim, out_chans)
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
         """The stored 14x14 table (class slot dropped) resized bicubically to 1xhxwxD."""

@@ -16,22 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import ConvBN, sam_neck
 from .fuse import fuse_conv_bn, fuse_modules, merge_parallel_convs
-
-
-class ConvBN(nn.Sequential):
-    """Bias-free ``Conv2d`` (``c``) followed by ``BatchNorm2d`` (``bn``); padding k//2."""
-
-    def __init__(
-        self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1
-    ) -> None:
-        super().__init__()
-        self.c = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch)
-
-    def fused(self) -> nn.Conv2d:
-        return fuse_conv_bn(self.c, self.bn)
 
 
 class RepDWConv(nn.Module):
@@ -165,16 +151,6 @@ def build_features(config: RepViTConfig) -> nn.ModuleList:
             use_se = i % 2 == 0 and i < depth - 1
             layers.append(RepViTBlock(width, width, use_se=use_se, norm_after_sum=config.norm_after_sum))
     return nn.ModuleList(layers)
-
-
-def sam_neck(in_ch: int, out_ch: int = 256) -> nn.Sequential:
-    """SAM's neck: 1x1 conv -> LayerNorm2d -> 3x3 conv -> LayerNorm2d, all convs bias-free."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 1, bias=False),
-        LayerNorm2d(out_ch),
-        nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-        LayerNorm2d(out_ch),
-    )
 
 
 class RepViTSamEncoder(nn.Module):

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
-from .fuse import fuse_conv_bn, fuse_modules
+from .common import ConvBN, sam_neck
+from .fuse import fuse_modules
 from .image_encoder import window_partition, window_unpartition
 
 
@@ -52,25 +52,6 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
-
-
-class ConvBN(nn.Module):
-    """Conv2d (no bias, 'same' padding for odd kernels) followed by BatchNorm2d; keys ``c.*`` and ``bn.*``."""
-
-    def __init__(
-        self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, groups: int = 1
-    ) -> None:
-        super().__init__()
-        padding = kernel_size // 2
-        self.c = nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_chans)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.c(x))
-
-    def fused(self) -> nn.Conv2d:
-        """The equivalent single conv for eval mode (see :func:`fuse_conv_bn`)."""
-        return fuse_conv_bn(self.c, self.bn)
 
 
 class PatchEmbed(nn.Module):
@@ -253,12 +234,7 @@ class TinyViT(nn.Module):
         self.norm_head = nn.LayerNorm(embed_dims[-1])  # classification head: in the checkpoint, unused
         self.head = nn.Linear(embed_dims[-1], num_classes)
         self.apply(_init_weights)
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = sam_neck(embed_dims[-1], out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
