@@ -55,14 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         " to -o DIR.",
     )
     seg.add_argument("image", help="image file (JPEG, PNG, TIFF, ...)")
-    seg.add_argument(
-        "--model", default="sam_vit_b", help="model name (see `litesam models`; default sam_vit_b)"
-    )
-    seg.add_argument(
-        "--checkpoint",
-        default="auto",
-        help="checkpoint file; 'auto' (default) uses the cached official file, downloading it if needed",
-    )
+    _add_model_args(seg)
     seg.add_argument(
         "--point",
         action="append",
@@ -81,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--multimask", action="store_true", help="return 3 candidate masks instead of 1")
     seg.add_argument("-o", "--output", default="litesam_out", help="output folder (default litesam_out)")
-    seg.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
 
     sub.add_parser("models", help="list the registered models", description="List the registered models.")
 

@@ -106,7 +106,8 @@ def test_l_models_encode_at_512_but_take_prompts_and_give_masks_in_the_1024_fram
     np.testing.assert_allclose(corner, [[1023, 1024]])
     logits = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     # SAM's own mask post-processing in the 1024 frame, where the image covers 1024x1023 pixels
-    sam_1024 = Sam.postprocess_masks(SimpleNamespace(image_size=1024), logits, (1024, 1023), original)
+    sam = SimpleNamespace(image_size=1024, prompt_encoder=SimpleNamespace(input_image_size=(1024, 1024)))
+    sam_1024 = Sam.postprocess_masks(sam, logits, (1024, 1023), original)
     ours = model.postprocess_masks(logits, (512, 511), original)
     torch.testing.assert_close(ours, sam_1024, rtol=0, atol=0)
 

@@ -154,6 +154,14 @@ def _teacher_weights(name: str, checkpoint: str) -> Path:
     return fetch_checkpoint(spec.name, spec.url, spec.checkpoint_filename, spec.sha256, member=spec.member)
 
 
+def _teacher(args: argparse.Namespace, device: str, fuse: bool | None = None) -> Any:
+    """The ``--teacher`` model with its weights (``--teacher-checkpoint``, default the official file)."""
+    from ..build import build_model
+
+    weights = _teacher_weights(args.teacher, args.teacher_checkpoint)
+    return build_model(args.teacher, checkpoint=weights, device=device, fuse=fuse)
+
+
 def _student(args: argparse.Namespace, device: str) -> tuple[str, Any]:
     """(registry name, unfused model) of ``--student`` (a registry name or a checkpoint path)."""
     import torch
@@ -172,12 +180,10 @@ def _student(args: argparse.Namespace, device: str) -> tuple[str, Any]:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ..build import build_model
     from .embeddings import embed_images
 
     device = _device(args)
-    teacher = build_model(args.teacher, checkpoint=_teacher_weights(args.teacher, args.teacher_checkpoint),
-                          device=device, fuse=False)  # fmt: skip
+    teacher = _teacher(args, device, fuse=False)
     summary = embed_images(
         teacher, args.images, args.out, args.teacher, batch_size=args.batch_size, shard_size=args.shard_size,
         device=device, num_workers=args.workers, progress=not args.no_progress,
@@ -214,12 +220,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from ..build import build_model
     from .finetune import finetune_decoder
 
     device = _device(args)
-    teacher = build_model(args.teacher, checkpoint=_teacher_weights(args.teacher, args.teacher_checkpoint),
-                          device=device, fuse=False)  # fmt: skip
+    teacher = _teacher(args, device, fuse=False)
     name, student = _student(args, device)
     result = finetune_decoder(
         student, teacher, _images(args.images), args.out, epochs=args.epochs,
@@ -231,12 +235,10 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _miou(args: argparse.Namespace) -> int:
-    from ..build import build_model
     from .evaluate import evaluate_miou
 
     device = _device(args)
-    teacher = build_model(args.teacher, checkpoint=_teacher_weights(args.teacher, args.teacher_checkpoint),
-                          device=device)  # fmt: skip
+    teacher = _teacher(args, device)
     report = evaluate_miou(
         teacher, _student(args, device)[1], _images(args.images), num_points=args.num_points,
         boxes=not args.no_boxes, seed=args.seed,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils.transforms import ResizeLongestSide, resized_shape
+from ..utils.transforms import ResizeLongestSide
 from .common import LayerNorm2d
 from .fuse import fuse_conv_bn
 from .sam import Sam
@@ -327,7 +327,8 @@ class EfficientViTSam(Sam):
     """SAM with an EfficientViT encoder, as the official ``EfficientViTSam`` + ``EfficientViTSamPredictor``.
 
     The encoder sees the image at ``image_size`` (512 for L0-L2), but prompts are scaled to the prompt
-    encoder's 1024 frame and masks are mapped back through that frame, also for the L models.
+    encoder's 1024 frame (this class's ``transform``); masks come back through that frame as in
+    :meth:`Sam.postprocess_masks`.
     """
 
     @property
@@ -338,13 +339,3 @@ class EfficientViTSam(Sam):
     @property
     def transform(self) -> EncoderPromptResize:
         return EncoderPromptResize(self.image_size, self.prompt_size)
-
-    def postprocess_masks(
-        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
-    ) -> torch.Tensor:
-        """BxMx256x256 logits -> BxMxHxW logits at the original size: bilinear to 1024x1024, cropped to the
-        image's extent in the 1024 frame (from ``original_size``, as official; ``input_size`` is the encoder
-        frame and not used), bilinear to ``original_size``."""
-        h, w = resized_shape(original_size[0], original_size[1], self.prompt_size)
-        masks = F.interpolate(masks, (self.prompt_size,) * 2, mode="bilinear", align_corners=False)
-        return F.interpolate(masks[..., :h, :w], tuple(original_size), mode="bilinear", align_corners=False)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils.transforms import ResizeLongestSide, normalize_and_pad
+from ..utils.transforms import ResizeLongestSide, normalize_and_pad, resized_shape
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
@@ -90,7 +90,16 @@ class Sam(nn.Module):
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> torch.Tensor:
-        """BxMx256x256 logits -> BxMxHxW logits in the original image frame (bilinear, unpadded)."""
-        masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        """BxMx256x256 logits -> BxMxHxW logits in the original image frame (bilinear, unpadded).
+
+        The logits cover the prompt encoder's square frame (1024): upsample to it, crop the image's extent
+        there, resize to ``original_size``. For SAM that frame is the encoder's, and the extent is
+        ``input_size``; models whose encoder sees a smaller frame (EfficientViT-SAM L: 512) still map masks
+        through 1024, with the extent computed from ``original_size``.
+        """
+        frame = self.prompt_encoder.input_image_size[0]
+        if frame != self.image_size:
+            input_size = resized_shape(original_size[0], original_size[1], frame)
+        masks = F.interpolate(masks, (frame, frame), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
