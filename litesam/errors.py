@@ -1,0 +1,15 @@
+"""The user-facing error types: the CLI prints their one-line message and exits with status 2.
+
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LitesamError(Exception):
+    """A problem with what the user gave (a file, an option, a prompt), not a bug in litesam."""
+
+
+class InputError(LitesamError, ValueError):
+    """Invalid input: a prompt, an image, an option or a data file. Also a ``ValueError``, so code that
+    catches ``ValueError`` (as segment-anything users do) keeps working."""
