@@ -19,7 +19,6 @@ from common import import_official, interleaved, matmul_gflops
 
 import litesam
 from litesam.build import prepare_for_inference
-from litesam.utils.stats import model_stats
 
 DEFAULT = [
     "sam_vit_b", "mobile_sam", "repvit_sam", "edge_sam", "efficientvit_sam_l0", "efficientvit_sam_xl0",
@@ -54,7 +53,7 @@ def time_model(name: str, repeats: int) -> str:
         times = interleaved(fns, repeats)
     peak = matmul_gflops()
     best = min(times["litesam"], times["fused"])
-    gflops = model_stats(name).encoder_flops / 1e9
+    gflops = litesam.get_spec(name).stats().encoder_flops / 1e9
     ratio = f"{times['official'] / best:.2f}x" if "official" in times else "-"
     official_ms = f"{1e3 * times['official']:.0f}" if "official" in times else "-"
     achieved = gflops / best

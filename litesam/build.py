@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from .checkpoint import load_into, read_state_dict
 from .modeling.fuse import fuse_modules
-from .modeling.sam import Sam
+from .modeling.sam import PromptableModel
 from .registry import get_spec
 
 
@@ -18,7 +20,8 @@ def build_model(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     fuse: bool | None = None,
-) -> Sam:
+    **options: Any,
+) -> PromptableModel:
     """Build a registered model in eval mode.
 
     ``checkpoint``: a file path, or ``"auto"`` to use the official file from the cache (downloading it
@@ -27,9 +30,10 @@ def build_model(
     convolutions and switch convolutions to channels-last memory (same outputs to float rounding,
     10-20% faster on CPU; the state_dict then no longer has the official keys). Default: fuse exactly
     when a checkpoint was loaded — pass ``fuse=False`` to train or fine-tune.
+    ``options``: the model's options (``get_spec(name).options``), e.g. ``multimask_outputs=4`` for EdgeSAM.
     """
     spec = get_spec(name)
-    model = spec.build(spec.preprocess)
+    model = spec.instantiate(**options)
     if checkpoint is not None:
         if str(checkpoint) == "auto":
             from .hub import fetch_checkpoint
@@ -39,14 +43,14 @@ def build_model(
             )
         else:
             path = Path(checkpoint)
-        load_into(model, read_state_dict(path), spec.name, str(path))
+        load_into(model, read_state_dict(path), spec.name, str(path), convert=spec.convert_state_dict)
     model.eval()
     if fuse if fuse is not None else checkpoint is not None:
         prepare_for_inference(model)
     return model.to(device)
 
 
-def prepare_for_inference(model: Sam) -> Sam:
+def prepare_for_inference(model: nn.Module) -> nn.Module:
     """In place: fold BatchNorms / re-parameterisable branches and use channels-last convolutions."""
     fuse_modules(model.eval()).to(memory_format=torch.channels_last)
     model.channels_last = True

@@ -208,11 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from .registry import get_spec, list_models
-    from .utils.stats import model_stats
 
     rows = [("name", "params enc/total (M)", "encoder GFLOPs", "input", "source", "description")]
     for name in list_models():
-        spec, stats = get_spec(name), model_stats(name)
+        spec = get_spec(name)
+        stats = spec.stats()
         rows.append(
             (
                 name,

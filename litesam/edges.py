@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .modeling.sam import Sam
-from .predictor import Predictor
+from .errors import InputError
+from .modeling.sam import PromptableModel
+from .predictor import ImageState, Predictor
+from .prompts import Prompts
 from .utils.amg import batched_nms, build_point_grid, masks_to_boxes
 from .utils.image import ImageInput
 
@@ -128,7 +130,7 @@ class EdgeDetector:
 
     def __init__(
         self,
-        model: Sam,
+        model: PromptableModel,
         points_per_side: int = 16,
         points_per_batch: int = 64,
         nms_thresh: float = 0.7,
@@ -138,11 +140,11 @@ class EdgeDetector:
         border: int = 5,
     ) -> None:
         if points_per_side < 1 or points_per_batch < 1:
-            raise ValueError("points_per_side and points_per_batch must be >= 1")
+            raise InputError("points_per_side and points_per_batch must be >= 1")
         if not 0.0 < nms_thresh <= 1.0:
-            raise ValueError(f"nms_thresh must be in (0, 1], got {nms_thresh}")
+            raise InputError(f"nms_thresh must be in (0, 1], got {nms_thresh}")
         if nms_radius < 1 or border < 0 or nms_slack <= 0:
-            raise ValueError("nms_radius must be >= 1, border >= 0 and nms_slack > 0")
+            raise InputError("nms_radius must be >= 1, border >= 0 and nms_slack > 0")
         self.predictor = Predictor(model)
         self.points_per_side = points_per_side
         self.points_per_batch = points_per_batch
@@ -155,50 +157,52 @@ class EdgeDetector:
     @torch.inference_mode()
     def detect(self, image: ImageInput) -> EdgeResult:
         """An image (path, PIL image or HxW[x3] array) -> its edge maps at the original size."""
-        self.predictor.set_image(image)
-        logits, scores = self._candidates()
-        keep = self._mask_nms(logits, scores)
-        strength, gx, gy = self._max_sobel(logits[keep])
+        state = self.predictor.encode(image)
+        logits, scores = self._candidates(state)
+        keep = self._mask_nms(state, logits, scores)
+        strength, gx, gy = self._max_sobel(state, logits[keep])
         top = strength.max()
         unthinned = strength / top if top > 0 else strength
         edges = thin_edges(unthinned, gx, gy, self.nms_radius, self.nms_slack, self.border)
         return EdgeResult(edges.numpy(), unthinned.numpy(), len(scores), len(keep))
 
-    def _upsample(self, low_res: torch.Tensor) -> torch.Tensor:
-        """Kx256x256 low-res logits -> KxHxW logits at the original image size."""
-        p = self.predictor
-        return p.model.postprocess_masks(low_res[:, None], p.input_size, p.original_size)[:, 0]
-
-    def _candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _candidates(self, state: ImageState) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 1: the point grid decoded with 3 masks per point -> (Kx256x256 low-res logits, K scores)."""
-        p = self.predictor
-        h, w = p.original_size
-        grid = torch.as_tensor(build_point_grid(self.points_per_side), dtype=torch.float32)
-        points = p.transform.apply_coords_torch(grid * torch.tensor([w, h]), p.original_size).to(p.device)
+        h, w = state.original_size
+        points = torch.from_numpy(build_point_grid(self.points_per_side) * np.array([w, h]))[:, None]
+        prompts = Prompts(points=points, labels=torch.ones(len(points), 1, dtype=torch.int64))
         logits, scores = [], []
-        for batch in points.split(self.points_per_batch):
-            labels = torch.ones(len(batch), 1, dtype=torch.int, device=p.device)
-            low_res, iou = p.model.decode(p.features, batch[:, None], labels, multimask_output=True)
-            logits.append(low_res.flatten(0, 1).cpu())
-            scores.append(iou.flatten().cpu())
+        for batch in prompts.split(self.points_per_batch):
+            prediction = self.predictor.decode(state, batch, multimask_output=True)
+            logits.append(prediction.low_res.flatten(0, 1).cpu())
+            scores.append(prediction.scores.flatten().cpu())
         return torch.cat(logits), torch.cat(scores)
 
-    def _mask_nms(self, logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def _upsample(self, state: ImageState, low_res: torch.Tensor) -> torch.Tensor:
+        """Kx256x256 low-res logits -> KxHxW logits at the original image size."""
+        return state.upscale(low_res[:, None].to(self.predictor.device))[:, 0].cpu()
+
+    def _mask_nms(self, state: ImageState, logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Step 2: indices of the masks that survive box NMS on their binary masks' boxes."""
-        threshold = self.predictor.model.mask_threshold
+        threshold = self.predictor.mask_threshold
         boxes = torch.cat(
-            [masks_to_boxes(self._upsample(part) > threshold) for part in logits.split(_FULL_SIZE_CHUNK)]
+            [
+                masks_to_boxes(self._upsample(state, part) > threshold)
+                for part in logits.split(_FULL_SIZE_CHUNK)
+            ]
         )
         return batched_nms(boxes.float(), scores, torch.zeros_like(scores), self.nms_thresh)
 
-    def _max_sobel(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _max_sobel(
+        self, state: ImageState, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Steps 3-4: Kx256x256 logits -> per-pixel max Sobel magnitude HxW and that mask's gx, gy."""
-        h, w = self.predictor.original_size
+        h, w = state.original_size
         best = torch.zeros(h, w)
         best_gx, best_gy = torch.zeros(h, w), torch.zeros(h, w)
-        threshold = self.predictor.model.mask_threshold
+        threshold = self.predictor.mask_threshold
         for part in logits.split(_FULL_SIZE_CHUNK):
-            up = self._upsample(part)
+            up = self._upsample(state, part)
             gx, gy = sobel(torch.sigmoid(up))
             magnitude = torch.hypot(gx, gy)
             if self.boundary_only:

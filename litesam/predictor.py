@@ -1,65 +1,170 @@
-"""Interactive prediction: encode an image once, then decode masks for any number of prompts."""
+"""Interactive prediction: encode an image once, then decode masks for any number of prompts.
+
+The core is stateless: ``state = predictor.encode(image)`` gives an immutable :class:`ImageState`, and
+``predictor.decode(state, prompts)`` any number of times, from any thread, gives a :class:`Prediction`.
+``set_image`` / ``predict`` / ``predict_batch`` are the official SAM predictor's drop-in interface on
+top of them (they keep one current state).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from .modeling.sam import Sam
+from .errors import InputError
+from .modeling.sam import PromptableModel
+from .prompts import Prompts
 from .utils.image import ImageInput, load_image
+from .utils.transforms import ImageTransform
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """One encoded image: the encoder's named features (``"image_embeddings"``: 1x256x64x64, and any
+    model-specific extras), the original (H, W), the (h, w) it covers in the encoder input, and the
+    transform that made it. Immutable; share it freely."""
+
+    features: Mapping[str, torch.Tensor]
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    transform: ImageTransform
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", MappingProxyType(dict(self.features)))
+
+    @property
+    def image_embeddings(self) -> torch.Tensor:
+        return self.features["image_embeddings"]
+
+    def upscale(self, low_res: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """BxMxSxS low-res logits (prompt frame) -> BxMxHxW logits over the original image (resized to
+        ``size`` (h, w) if given)."""
+        return self.transform.postprocess_masks(low_res, self.original_size, size)
+
+    def clone(self) -> ImageState:
+        """A copy whose features are ordinary tensors (encode's are inference tensors, which autograd
+        cannot save): for training a decoder on encoded images."""
+        return ImageState(
+            {k: v.clone() for k, v in self.features.items()},
+            self.original_size,
+            self.input_size,
+            self.transform,
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Decoded prompts: ``low_res`` BxMxSxS logits over the prompt frame and ``scores`` BxM (predicted
+    IoU, or the model's score), for B prompt sets and M masks each, on ``state``'s image."""
+
+    low_res: torch.Tensor
+    scores: torch.Tensor
+    state: ImageState
+
+    def logits(self) -> torch.Tensor:
+        """BxMxHxW mask logits over the original image."""
+        return self.state.upscale(self.low_res)
 
 
 class Predictor:
-    """Point/box/mask prompting on one image at a time, with the official SAM predictor's numbers.
+    """Point/box/mask prompting with the official SAM predictor's numbers, for every model of the zoo.
 
-    ``set_image`` runs the heavy image encoder once; each ``predict`` runs only the prompt encoder and
-    the mask decoder. Works with every model of the registry (they share :class:`~litesam.modeling.Sam`'s
-    interface).
+    ``encode`` runs the heavy image encoder once per image; each ``decode`` runs only the prompt encoder
+    and the mask decoder.
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: PromptableModel) -> None:
         self.model = model.eval()
-        self.transform = model.transform
-        self.reset_image()
+        self.state: ImageState | None = None
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    def reset_image(self) -> None:
-        """Forget the current image and its embedding."""
-        self.features: torch.Tensor | None = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
-
     @property
-    def is_image_set(self) -> bool:
-        return self.features is not None
+    def mask_threshold(self) -> float:
+        """Logit above which a pixel is in the mask."""
+        return self.model.mask_threshold
+
+    # -- stateless core -----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def set_image(self, image: ImageInput, image_format: str = "RGB") -> None:
+    def encode(self, image: ImageInput, image_format: str = "RGB") -> ImageState:
         """Encode an image: a path, a PIL image or an HxW[xC] array (uint8/uint16/float; gray, RGB, RGBA).
 
         ``image_format="BGR"`` flips the channels of an array (e.g. from OpenCV).
         """
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         rgb = load_image(image)
         if image_format == "BGR":
             rgb = np.ascontiguousarray(rgb[..., ::-1])
-        resized = self.transform.apply_image(rgb)
-        pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].float()
-        self.reset_image()
-        self.features = self.model.image_encoder(self.model.preprocess(pixels))
-        self.original_size = (rgb.shape[0], rgb.shape[1])
-        self.input_size = (resized.shape[0], resized.shape[1])
+        transform = self.model.transform
+        features = self.model.encode(transform.to_input(rgb, self.device))
+        original_size = (rgb.shape[0], rgb.shape[1])
+        return ImageState(features, original_size, transform.input_size(original_size), transform)
+
+    def decode(
+        self,
+        state: ImageState,
+        prompts: Prompts,
+        multimask_output: bool = True,
+        requires_grad: bool = False,
+    ) -> Prediction:
+        """B prompt sets (pixels of ``state``'s original image) -> their masks, decoded at once.
+
+        Prompts outside the image or a ``mask`` of the wrong size raise an InputError. Runs without
+        autograd unless ``requires_grad`` (decoder training).
+        """
+        prompts.check_inside(state.original_size)
+        if prompts.mask is not None:
+            side = 4 * state.image_embeddings.shape[-1]
+            if tuple(prompts.mask.shape[1:]) != (1, side, side):
+                raise InputError(
+                    f"mask_input must be 1x{side}x{side} low-res logits (a previous call's output), "
+                    f"got {tuple(prompts.mask.shape[1:])}"
+                )
+        frame = state.transform.apply_prompts(prompts, state.original_size).to(self.device)
+        with torch.inference_mode(not requires_grad):
+            low_res, scores = self.model.decode(state.features, frame, multimask_output)
+        return Prediction(low_res, scores, state)
+
+    # -- the official predictor's interface ---------------------------------------------------------
+
+    def set_image(self, image: ImageInput, image_format: str = "RGB") -> None:
+        """Encode ``image`` (see :meth:`encode`) and make it the current image."""
+        self.state = None
+        self.state = self.encode(image, image_format)
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.state = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self.state is not None
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        return None if self.state is None else self.state.original_size
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return None if self.state is None else self.state.input_size
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The current image's embedding, 1x256x64x64 (the official predictor's attribute)."""
+        return self._require_image().image_embeddings
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding, 1x256x64x64."""
-        return self._require_image()
+        return self._require_image().image_embeddings
 
     @torch.inference_mode()
     def predict(
@@ -78,26 +183,10 @@ class Predictor:
         or float logits with ``return_logits``), scores M (predicted IoU) and low-res logits Mx256x256;
         M = 3 with ``multimask_output`` else 1.
         """
-        self._require_image()
-        coords, labels = self._check_points(point_coords, point_labels)
-        boxes = self._check_boxes(box, single=True)
-        mask = self._check_mask(mask_input)
-        if coords is None and boxes is None and mask is None:
-            raise ValueError("no prompt given: pass point_coords/point_labels, a box, or a mask_input")
-        coords_t = labels_t = boxes_t = mask_t = None
-        if coords is not None:
-            frame = self.transform.apply_coords(coords, self.original_size)
-            coords_t = torch.as_tensor(frame, dtype=torch.float, device=self.device)[None]
-            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
-        if boxes is not None:
-            frame = self.transform.apply_boxes(boxes, self.original_size)
-            boxes_t = torch.as_tensor(frame, dtype=torch.float, device=self.device)
-        if mask is not None:
-            mask_t = torch.as_tensor(mask, dtype=torch.float, device=self.device)[None]
-        masks, scores, low_res = self._decode(
-            coords_t, labels_t, boxes_t, mask_t, multimask_output, return_logits
-        )
-        return masks[0].numpy(), scores[0].numpy(), low_res[0].numpy()
+        state = self._require_image()
+        prompts = Prompts.single(point_coords, point_labels, box, mask_input)
+        masks, scores, low_res = self._outputs(self.decode(state, prompts, multimask_output), return_logits)
+        return masks[0], scores[0], low_res[0]
 
     @torch.inference_mode()
     def predict_batch(
@@ -114,123 +203,23 @@ class Predictor:
         point_coords: KxNx2 with point_labels KxN and/or boxes Kx4, original-image pixels. Returns masks
         KxMxHxW, scores KxM and low-res logits KxMx256x256.
         """
-        self._require_image()
-        coords = labels = None
-        if point_coords is not None or point_labels is not None:
-            coords = _as_float_array(point_coords, "point_coords")
-            labels = np.asarray(point_labels) if point_labels is not None else None
-            if coords.ndim != 3 or coords.shape[-1] != 2:
-                raise ValueError(f"point_coords for predict_batch must be KxNx2, got shape {coords.shape}")
-            if labels is None or labels.shape != coords.shape[:2]:
-                got = None if labels is None else labels.shape
-                raise ValueError(f"point_labels must have shape {coords.shape[:2]} (KxN), got {got}")
-            for k in range(coords.shape[0]):
-                self._check_points(coords[k], labels[k])
-        box_arr = self._check_boxes(boxes, single=False)
-        count = [a.shape[0] for a in (coords, box_arr) if a is not None]
-        if not count:
-            raise ValueError("no prompt given: pass point_coords/point_labels and/or boxes")
-        if len(count) == 2 and count[0] != count[1]:
-            raise ValueError(f"{count[0]} point sets but {count[1]} boxes: they must pair up one to one")
-        outputs = []
-        for start in range(0, count[0], batch_size):
-            part = slice(start, start + batch_size)
-            coords_t = labels_t = boxes_t = None
-            if coords is not None:
-                pts = torch.as_tensor(coords[part], dtype=torch.float, device=self.device)
-                coords_t = self.transform.apply_coords_torch(pts, self.original_size)
-                labels_t = torch.as_tensor(labels[part], dtype=torch.int, device=self.device)
-            if box_arr is not None:
-                b = torch.as_tensor(box_arr[part], dtype=torch.float, device=self.device)
-                boxes_t = self.transform.apply_boxes_torch(b, self.original_size)
-            outputs.append(self._decode(coords_t, labels_t, boxes_t, None, multimask_output, return_logits))
-        return tuple(torch.cat(parts).numpy() for parts in zip(*outputs, strict=True))  # type: ignore[return-value]
+        state = self._require_image()
+        prompts = Prompts.batch(point_coords, point_labels, boxes)
+        outputs = [
+            self._outputs(self.decode(state, part, multimask_output), return_logits)
+            for part in prompts.split(batch_size)
+        ]
+        return tuple(np.concatenate(parts) for parts in zip(*outputs, strict=True))  # type: ignore[return-value]
 
-    def _decode(
-        self,
-        coords: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        boxes: torch.Tensor | None,
-        mask_input: torch.Tensor | None,
-        multimask_output: bool,
-        return_logits: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        low_res, scores = self.model.decode(
-            self.features, coords, labels, boxes, mask_input, multimask_output
-        )
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+    def _outputs(
+        self, prediction: Prediction, return_logits: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        masks = prediction.logits()
         if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks.cpu(), scores.cpu(), low_res.cpu()
+            masks = masks > self.mask_threshold
+        return masks.cpu().numpy(), prediction.scores.cpu().numpy(), prediction.low_res.cpu().numpy()
 
-    def _require_image(self) -> torch.Tensor:
-        if self.features is None:
+    def _require_image(self) -> ImageState:
+        if self.state is None:
             raise RuntimeError("no image set: call predictor.set_image(image) before predicting")
-        return self.features
-
-    def _check_points(self, coords: Any, labels: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-        if coords is None and labels is None:
-            return None, None
-        if coords is None or labels is None:
-            raise ValueError("point_coords and point_labels must be given together")
-        coords = _as_float_array(coords, "point_coords")
-        labels = np.asarray(labels)
-        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-            raise ValueError(f"point_coords must be Nx2 (x, y) with N >= 1, got shape {coords.shape}")
-        if labels.shape != (coords.shape[0],):
-            raise ValueError(f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}")
-        if not np.isin(labels, (0, 1)).all():
-            raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {labels.tolist()}")
-        h, w = self.original_size
-        outside = (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
-        if outside.any():
-            x, y = coords[np.argmax(outside)]
-            raise ValueError(f"point ({x:g}, {y:g}) is outside the image (width {w}, height {h})")
-        return coords, labels
-
-    def _check_boxes(self, box: Any, single: bool) -> np.ndarray | None:
-        if box is None:
-            return None
-        boxes = _as_float_array(box, "box")
-        if single and boxes.shape == (4,):
-            boxes = boxes[None]
-        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] == 0 or (single and boxes.shape[0] != 1):
-            want = "4 numbers (x0, y0, x1, y1)" if single else "Kx4 (x0, y0, x1, y1)"
-            raise ValueError(f"box must be {want}, got shape {boxes.shape}")
-        h, w = self.original_size
-        for x0, y0, x1, y1 in boxes:
-            if x0 > x1 or y0 > y1:
-                raise ValueError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) must have x0 <= x1 and y0 <= y1")
-            if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-                raise ValueError(
-                    f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) reaches outside the image (width {w}, height {h})"
-                )
-        return boxes
-
-    def _check_mask(self, mask_input: Any) -> np.ndarray | None:
-        if mask_input is None:
-            return None
-        if isinstance(mask_input, torch.Tensor):
-            mask_input = mask_input.detach().cpu().numpy()
-        mask = np.asarray(mask_input, dtype=np.float32)
-        side = 4 * self.features.shape[-1]
-        if mask.shape == (side, side):
-            mask = mask[None]
-        if mask.shape != (1, side, side):
-            raise ValueError(
-                f"mask_input must be 1x{side}x{side} low-res logits (a previous call's output), "
-                f"got {mask.shape}"
-            )
-        return mask
-
-
-def _as_float_array(value: Any, name: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be numeric, got {value!r}") from e
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr
+        return self.state

@@ -22,8 +22,7 @@ from PIL import Image
 from torch import nn
 
 import litesam
-from litesam.modeling.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
-from litesam.utils.transforms import ResizeLongestSide, normalize_and_pad
+from litesam.utils.transforms import ImageTransform
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LITESAM_SHARED", REPO.parent / "shared"))
@@ -162,10 +161,10 @@ def encoder_input(fixture: Fixture) -> torch.Tensor:
     """1x3x1024x1024 encoder input per meta.json: resize (checked by SHA-256), normalise, pad."""
     pre = fixture.meta["preprocessing"]
     image = np.array(Image.open(fixture.image_path).convert("RGB"))  # meta.json "image_read"
-    resized = ResizeLongestSide(1024).apply_image(image)
+    transform = ImageTransform(1024)
+    resized = transform.resize_image(image)
     assert hashlib.sha256(resized.tobytes()).hexdigest() == pre["resized_uint8"]["sha256"]
-    pixels = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float()
-    x = normalize_and_pad(pixels, torch.tensor(SAM_PIXEL_MEAN), torch.tensor(SAM_PIXEL_STD), 1024)
+    x = transform.to_input(image)
     assert abs(x.mean().item() - pre["preprocessed_input"]["mean"]) < 1e-5
     return x
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from litesam.modeling import ImageEncoderViT, Sam
-from litesam.registry import Preprocess
+from litesam.utils.transforms import ImageTransform
 from litesam.zoo.sam import sam_with_encoder
 
 
@@ -14,7 +14,7 @@ def tiny_sam(seed: int = 0) -> Sam:
     """A SAM with a 1-block, 32-wide ViT: same interfaces as the zoo models, builds and runs in ms."""
     torch.manual_seed(seed)
     encoder = ImageEncoderViT(embed_dim=32, depth=1, num_heads=2, global_attn_indexes=(0,))
-    return sam_with_encoder(encoder, Preprocess()).eval()
+    return sam_with_encoder(encoder, ImageTransform()).eval()
 
 
 def photo(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:

@@ -30,8 +30,8 @@ from litesam.utils.amg import (
     rle_area,
     rle_to_coco,
     rle_to_mask,
-    stability_score,
 )
+from litesam.utils.masks import stability_score
 
 
 def mini_sam(modeling, seed: int = 0, **sam_kwargs) -> nn.Module:
@@ -229,7 +229,7 @@ def test_remove_small_regions_connects_diagonals():
 
 @pytest.fixture(scope="module")
 def model():
-    return mini_sam(litesam.modeling, image_size=256)
+    return mini_sam(litesam.modeling, transform=litesam.ImageTransform(256))
 
 
 KEEP_ALL = dict(

@@ -116,7 +116,7 @@ def live_pair(official_sam):
         for layer in official.mask_decoder.output_upscaling:
             if isinstance(layer, torch.nn.ConvTranspose2d):
                 layer.weight.copy_(layer.weight[..., :1, :1].expand_as(layer.weight))
-    ours = mini_sam(litesam.modeling, image_size=256)
+    ours = mini_sam(litesam.modeling, transform=litesam.ImageTransform(256))
     ours.load_state_dict(official.state_dict(), strict=True)
     ours.image_encoder = official.image_encoder  # isolate the generators from encoder rounding
     module = sys.modules["segment_anything.automatic_mask_generator"]

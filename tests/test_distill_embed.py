@@ -14,7 +14,7 @@ from torch import nn
 
 from litesam.distill.embeddings import INDEX, EmbeddingStore, embed_images, prepare_image, preprocess_of
 from litesam.modeling import Sam
-from litesam.registry import Preprocess
+from litesam.utils.transforms import ImageTransform
 from litesam.zoo.sam import sam_with_encoder
 
 SIZE = 64  # encoder input side of the tiny models: one pixel per cell of the 64x64 embedding grid
@@ -23,14 +23,14 @@ SIZE = 64  # encoder input side of the tiny models: one pixel per cell of the 64
 def tiny_teacher(seed: int = 0) -> Sam:
     """A SAM whose 'encoder' is one 3x3 convolution: Bx3x64x64 -> Bx256x64x64."""
     torch.manual_seed(seed)
-    return sam_with_encoder(nn.Conv2d(3, 256, 3, padding=1), Preprocess(image_size=SIZE)).eval()
+    return sam_with_encoder(nn.Conv2d(3, 256, 3, padding=1), ImageTransform(image_size=SIZE)).eval()
 
 
-def tiny_student(seed: int = 1, pp: Preprocess | None = None) -> Sam:
+def tiny_student(seed: int = 1, pp: ImageTransform | None = None) -> Sam:
     """A SAM with a different tiny encoder (conv, GELU, 1x1 conv): Bx3x64x64 -> Bx256x64x64."""
     torch.manual_seed(seed)
     encoder = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 256, 1))
-    return sam_with_encoder(encoder, pp or Preprocess(image_size=SIZE))
+    return sam_with_encoder(encoder, pp or ImageTransform(image_size=SIZE))
 
 
 def make_images(folder: Path, count: int) -> list[str]:
@@ -137,13 +137,13 @@ def test_a_store_refuses_another_teacher_or_preprocessing(images, tmp_path):
     embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", progress=False)
     with pytest.raises(ValueError, match="teacher"):
         embed_images(tiny_teacher(), folder, tmp_path / "emb", "other", progress=False)
-    other_std = sam_with_encoder(nn.Conv2d(3, 256, 3, padding=1), Preprocess(SIZE, pixel_std=(1.0, 1.0, 1.0)))
+    other_std = sam_with_encoder(nn.Conv2d(3, 256, 3, padding=1), ImageTransform(SIZE, pixel_std=(1.0, 1.0, 1.0)))
     with pytest.raises(ValueError, match="preprocess"):
         embed_images(other_std, folder, tmp_path / "emb", "t", progress=False)
     store = EmbeddingStore(tmp_path / "emb")
-    store.check_preprocess(Preprocess(image_size=SIZE), "a student")
+    store.check_preprocess(ImageTransform(image_size=SIZE), "a student")
     with pytest.raises(ValueError, match="student"):
-        store.check_preprocess(Preprocess(image_size=1024), "the student")
+        store.check_preprocess(ImageTransform(image_size=1024), "the student")
 
 
 def test_a_corrupted_shard_fails_its_checksum(images, tmp_path):
@@ -168,7 +168,7 @@ def test_missing_store_and_folder_are_clear_errors(tmp_path):
 
 def test_prepared_input_is_resized_normalized_and_padded(tmp_path):
     Image.fromarray(np.full((20, 40, 3), 200, np.uint8)).save(tmp_path / "a.png")
-    pp = Preprocess(image_size=SIZE)
+    pp = ImageTransform(image_size=SIZE)
     x = prepare_image(tmp_path / "a.png", pp)
     assert x.shape == (3, SIZE, SIZE)
     torch.testing.assert_close(x[:, 0, 0], (200 - torch.tensor(pp.pixel_mean)) / torch.tensor(pp.pixel_std))

@@ -19,7 +19,8 @@ from litesam import build_model, registry
 from litesam.distill.cli import COMMANDS, add_parsers
 from litesam.distill.embeddings import embed_images
 from litesam.distill.train import TrainConfig, epoch_order, lr_factor, train_student
-from litesam.registry import ModelSpec, Preprocess
+from litesam.registry import ModelSpec
+from litesam.utils.transforms import ImageTransform
 
 # 10 images, global batch 4: 2 steps per epoch (2 images left out per epoch, a different 2 each time).
 CONFIG = TrainConfig(epochs=3, batch_size=4, lr=1e-2, warmup_steps=2, save_every=100)
@@ -53,7 +54,7 @@ def test_loss_goes_down_and_the_result_is_a_sam_with_the_teachers_decoder(store,
         assert curve.format == "PNG" and curve.size == (640, 360)
 
     # Loadable by build_model under the student's registry name, with the teacher's decoder carried over.
-    spec = ModelSpec("tiny_student", lambda pp: tiny_student(pp=pp), "test", preprocess=Preprocess(SIZE))
+    spec = ModelSpec("tiny_student", lambda pp: tiny_student(pp=pp), "test", transform=ImageTransform(SIZE))
     monkeypatch.setattr(registry, "_REGISTRY", {"tiny_student": spec})
     loaded = build_model("tiny_student", checkpoint=path, fuse=False)
     for key, value in teacher.state_dict().items():
@@ -96,7 +97,7 @@ def test_runs_refuse_to_overwrite_to_resume_differently_or_to_mix_preprocessing(
                       progress=False)  # fmt: skip
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train_student(tiny_student(), store, tmp_path / "new", CONFIG, resume=True, progress=False)
-    other = tiny_student(pp=Preprocess(image_size=SIZE, pixel_mean=(0.0, 0.0, 0.0)))
+    other = tiny_student(pp=ImageTransform(image_size=SIZE, pixel_mean=(0.0, 0.0, 0.0)))
     with pytest.raises(ValueError, match="preprocess"):
         train_student(other, store, tmp_path / "other", CONFIG, progress=False)
 
@@ -141,7 +142,7 @@ def _cli(argv: list[str]) -> int:
 
 def test_cli_embeds_trains_resumes_and_evaluates_by_registry_name(tmp_path, monkeypatch, capsys):
     builders = {"tiny_teacher": lambda pp: tiny_teacher(), "tiny_student": lambda pp: tiny_student(pp=pp)}
-    specs = {name: ModelSpec(name, fn, "test", preprocess=Preprocess(SIZE)) for name, fn in builders.items()}
+    specs = {name: ModelSpec(name, fn, "test", transform=ImageTransform(SIZE)) for name, fn in builders.items()}
     monkeypatch.setattr(registry, "_REGISTRY", specs)
     make_images(tmp_path / "images", 5)
     teacher_pt = tmp_path / "teacher.pt"

@@ -13,7 +13,7 @@ import torch
 
 import litesam
 from litesam.modeling import ImageEncoderViT
-from litesam.registry import Preprocess
+from litesam.utils.transforms import ImageTransform
 from litesam.zoo.sam import sam_with_encoder
 
 TINY = dict(embed_dim=96, depth=3, num_heads=4, global_attn=(1,))
@@ -35,7 +35,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
 def test_official_state_dict_layout_loads_strictly(official_sam, size):
     with torch.device("meta"):
         official = official_sam.sam_model_registry[size]()
-        ours = litesam.get_spec(f"sam_{size}").build(Preprocess())
+        ours = litesam.get_spec(f"sam_{size}").build(ImageTransform())
     theirs = {k: tuple(v.shape) for k, v in official.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == theirs
 
@@ -56,7 +56,7 @@ def tiny_pair(official_sam):
         num_heads=TINY["num_heads"],
         global_attn_indexes=TINY["global_attn"],
     )
-    ours = sam_with_encoder(encoder, Preprocess())
+    ours = sam_with_encoder(encoder, ImageTransform())
     ours.load_state_dict(official.state_dict(), strict=True)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(300, 451, 3), dtype=np.uint8)

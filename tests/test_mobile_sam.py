@@ -28,9 +28,8 @@ from torch import nn
 
 import litesam
 from litesam.modeling.common import ConvBN
-from litesam.modeling.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from litesam.modeling.tiny_vit import DropPath, MBConv, TinyViT, TinyViTBlock
-from litesam.utils.transforms import ResizeLongestSide, normalize_and_pad
+from litesam.utils.transforms import ImageTransform
 from litesam.zoo.mobile_sam import mobile_sam_encoder
 
 MODEL = "mobile_sam"
@@ -40,10 +39,9 @@ def encoder_input(fixture: Fixture) -> torch.Tensor:
     """1x3x1024x1024 encoder input as meta.json describes it (resize checked by SHA-256, then the sum)."""
     pre = fixture.meta["preprocessing"]
     image = np.asarray(Image.open(fixture.image_path).convert("RGB"))
-    resized = ResizeLongestSide(1024).apply_image(image)
-    assert hashlib.sha256(resized.tobytes()).hexdigest() == pre["resized_uint8_sha256"]
-    pixels = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float()
-    x = normalize_and_pad(pixels, torch.tensor(SAM_PIXEL_MEAN), torch.tensor(SAM_PIXEL_STD), 1024)
+    transform = ImageTransform(1024)
+    assert hashlib.sha256(transform.resize_image(image).tobytes()).hexdigest() == pre["resized_uint8_sha256"]
+    x = transform.to_input(image)
     assert x.double().sum().item() == pytest.approx(pre["encoder_input_stats"]["sum_float64"], rel=1e-9)
     return x
 

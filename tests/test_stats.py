@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import litesam
 from litesam.modeling.image_encoder import Attention
-from litesam.utils.stats import model_stats
 
 
 @pytest.mark.parametrize(
@@ -15,7 +15,7 @@ from litesam.utils.stats import model_stats
 )
 def test_sam_counts_equal_the_official_ones(name, total_params, gflops):
     # Official numbers: shared/fixtures meta.json n_parameters and shared/baselines/official_cpu.md GFLOPs.
-    stats = model_stats(name)
+    stats = litesam.get_spec(name).stats()
     assert stats.total_params == total_params
     assert stats.encoder_flops / 1e9 == pytest.approx(gflops, abs=0.05)
 

@@ -31,11 +31,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..everything import find_images
 from ..modeling.sam import Sam
-from ..registry import Preprocess
 from ..utils.image import ImageError, load_image
-from ..utils.transforms import ResizeLongestSide, normalize_and_pad
+from ..utils.transforms import ImageTransform
 
 FORMAT = "litesam-embeddings/1"
 INDEX = "index.jsonl"
@@ -51,26 +51,24 @@ class Entry:
     crc32: int
 
 
-def preprocess_of(model: Sam) -> Preprocess:
-    """The preprocessing a model expects (its image_size, pixel_mean and pixel_std); the float32 buffers are
-    rounded to 7 significant digits, which gives back the decimal values of the registry's ``Preprocess``."""
-    return Preprocess(
-        image_size=int(model.image_size),
-        pixel_mean=tuple(float(f"{v:.7g}") for v in model.pixel_mean.flatten().tolist()),
-        pixel_std=tuple(float(f"{v:.7g}") for v in model.pixel_std.flatten().tolist()),
-    )
-
-
-def prepare_image(path: str | os.PathLike, pp: Preprocess) -> torch.Tensor:
-    """Image file -> 3xSxS float32 encoder input: longest side resized to S, normalized, zero-padded.
+def prepare_image(path: str | os.PathLike, transform: ImageTransform) -> torch.Tensor:
+    """Image file -> 3xSxS float32 encoder input, exactly as the model's predictor makes it
+    (``transform.to_input``).
 
     The only transform used for distillation: the targets are fixed per image, so any other augmentation
     (flips, crops, colour) would pair a changed input with an unchanged teacher embedding.
     """
-    image = ResizeLongestSide(pp.image_size).apply_image(load_image(path))
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    mean, std = torch.tensor(pp.pixel_mean), torch.tensor(pp.pixel_std)
-    return normalize_and_pad(x, mean, std, pp.image_size)[0]
+    return transform.to_input(load_image(path))[0]
+
+
+def transform_to_json(transform: ImageTransform) -> dict[str, Any]:
+    """The transform as the index header stores it (plain JSON types)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(transform).items()}
+
+
+def transform_from_json(data: dict[str, Any]) -> ImageTransform:
+    """Inverse of :func:`transform_to_json`."""
+    return ImageTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def _shard_name(shard: int) -> str:
@@ -107,8 +105,7 @@ class EmbeddingStore:
             raise FileNotFoundError(f"no embedding index in {self.root} (run `litesam distill embed` first)")
         self.header = header
         self.teacher: str = header["teacher"]
-        pp = header["preprocess"]
-        self.preprocess = Preprocess(pp["image_size"], tuple(pp["pixel_mean"]), tuple(pp["pixel_std"]))
+        self.transform = transform_from_json(header["preprocess"])
         self.shape: tuple[int, ...] = tuple(header["shape"])
         self.shard_size: int = header["shard_size"]
         self.images_root = Path(header["images_root"])
@@ -136,12 +133,12 @@ class EmbeddingStore:
             )
         return torch.from_numpy(array)
 
-    def check_preprocess(self, pp: Preprocess, who: str) -> None:
+    def check_transform(self, transform: ImageTransform, who: str) -> None:
         """Raise ValueError unless the store was made with preprocessing ``pp`` (that of ``who``)."""
-        if pp != self.preprocess:
-            raise ValueError(
-                f"embeddings in {self.root} were made by {self.teacher} with {self.preprocess}, but {who}"
-                f" expects {pp}: the student would learn from inputs it never sees. Re-embed with a"
+        if transform != self.transform:
+            raise InputError(
+                f"embeddings in {self.root} were made by {self.teacher} with {self.transform}, but {who}"
+                f" expects {transform}: the student would learn from inputs it never sees. Re-embed with a"
                 " teacher of the same preprocessing."
             )
 
@@ -149,15 +146,15 @@ class EmbeddingStore:
 class _Images(Dataset):
     """(position, 3xSxS input or None when unreadable, error text) for a list of image paths."""
 
-    def __init__(self, paths: Sequence[Path], pp: Preprocess) -> None:
-        self.paths, self.pp = paths, pp
+    def __init__(self, paths: Sequence[Path], transform: ImageTransform) -> None:
+        self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return i, prepare_image(self.paths[i], self.pp), ""
+            return i, prepare_image(self.paths[i], self.transform), ""
         except ImageError as e:
             return i, None, str(e)
 
@@ -253,7 +250,7 @@ def embed_images(
     progress: bool = True,
 ) -> EmbedSummary:
     """Embed every image under the folder ``images`` (recursively; SA-1B's jpg + json layout or a plain
-    folder) with ``teacher.image_encoder`` into the store ``out``; resumes a previous run into ``out``.
+    folder) with ``teacher.encode`` into the store ``out``; resumes a previous run into ``out``.
 
     ``teacher_name`` (e.g. ``sam_vit_h``) and the teacher's preprocessing are recorded in the index; a
     store made by another teacher or preprocessing is refused. Unreadable images are reported and skipped
@@ -262,11 +259,10 @@ def embed_images(
     root = Path(images).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    pp = preprocess_of(teacher)
     header = {
         "format": FORMAT,
         "teacher": teacher_name,
-        "preprocess": asdict(pp) | {"pixel_mean": list(pp.pixel_mean), "pixel_std": list(pp.pixel_std)},
+        "preprocess": transform_to_json(teacher.transform),
         "dtype": "float16",
         "shard_size": shard_size,
         "images_root": str(root),
@@ -275,7 +271,7 @@ def embed_images(
     found = [job.path.relative_to(root).as_posix() for job in find_images([root], recursive=True)]
     todo = [name for name in found if name not in writer.done]
     loader = DataLoader(
-        _Images([root / name for name in todo], pp),
+        _Images([root / name for name in todo], teacher.transform),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=list,
@@ -288,7 +284,8 @@ def embed_images(
             failed.extend(f"{todo[i]}: {err}" for i, x, err in batch if x is None)
             if good:
                 x = torch.stack([x for _, x in good]).to(device)
-                emb = teacher.image_encoder(x).float().cpu().numpy().astype(np.float16)
+                with torch.inference_mode():
+                    emb = teacher.encode(x)["image_embeddings"].float().cpu().numpy().astype(np.float16)
                 writer.append([todo[i] for i, _ in good], emb)
             bar.update(len(batch))
     for line in failed:

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..modeling.sam import Sam
-from ..predictor import Predictor
+from ..predictor import ImageState, Prediction, Predictor
+from ..prompts import Prompts
 from ..utils.image import ImageInput, load_image
 from ..utils.transforms import resized_shape
 from .evaluate import boxes_from_masks, sample_points
@@ -105,46 +106,30 @@ def save_atomic(obj: object, path: Path) -> None:
 
 
 def _teacher_targets(
-    teacher: Predictor, rng: np.random.Generator, num_points: int, boxes: bool, outputs: tuple[bool, ...]
-) -> list[tuple[dict[str, np.ndarray], bool, np.ndarray]]:
-    """(prompt set as ``predict_batch`` keywords, multimask flag, teacher low-res logits KxMx256x256) for
-    random point prompts and the boxes of the teacher's point masks."""
-    points = sample_points(rng, teacher.original_size, num_points)[:, None]
-    point_set = {"point_coords": points, "point_labels": np.ones(points.shape[:2], dtype=np.int64)}
-    masks, _, low_res = teacher.predict_batch(**point_set, multimask_output=False)
+    teacher: Predictor,
+    state: ImageState,
+    rng: np.random.Generator,
+    num_points: int,
+    boxes: bool,
+    outputs: tuple[bool, ...],
+) -> list[tuple[Prompts, bool, Prediction]]:
+    """(prompt sets, multimask flag, the teacher's prediction) for random single-point prompts and the
+    boxes of the teacher's point masks."""
+    points = sample_points(rng, state.original_size, num_points)[:, None]
+    point_set = Prompts.batch(points, np.ones(points.shape[:2], dtype=np.int64))
+    single = teacher.decode(state, point_set, multimask_output=False)
     sets = [point_set]
     if boxes:
-        box_prompts = boxes_from_masks(masks[:, 0])[0]
+        masks = (single.logits()[:, 0] > teacher.mask_threshold).cpu().numpy()
+        box_prompts = boxes_from_masks(masks)[0]
         if len(box_prompts):
-            sets.append({"boxes": box_prompts})
+            sets.append(Prompts.batch(boxes=box_prompts))
     targets = []
     for prompts in sets:
         for multi in outputs:
             reuse = prompts is point_set and not multi  # already decoded above
-            logits = low_res if reuse else teacher.predict_batch(**prompts, multimask_output=multi)[2]
-            targets.append((prompts, multi, logits))
+            targets.append((prompts, multi, single if reuse else teacher.decode(state, prompts, multi)))
     return targets
-
-
-def _student_logits(
-    student: Predictor,
-    features: torch.Tensor,
-    prompts: dict[str, np.ndarray],
-    multimask: bool,
-    side: tuple[int, int],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's mask logits KxMx(side) and IoU predictions KxM for one prompt set, with gradients."""
-    model, transform, size = student.model, student.transform, student.original_size
-    coords = labels = boxes = None
-    if "point_coords" in prompts:
-        pts = torch.as_tensor(prompts["point_coords"], dtype=torch.float, device=model.device)
-        coords = transform.apply_coords_torch(pts, size)
-        labels = torch.as_tensor(prompts["point_labels"], dtype=torch.int, device=model.device)
-    if "boxes" in prompts:
-        box = torch.as_tensor(prompts["boxes"], dtype=torch.float, device=model.device)
-        boxes = transform.apply_boxes_torch(box, size)
-    low_res, iou = model.decode(features, coords, labels, boxes, None, multimask)
-    return model.postprocess_masks(low_res, student.input_size, side), iou
 
 
 def _image_loss(
@@ -158,18 +143,16 @@ def _image_loss(
     mask_side: int,
 ) -> torch.Tensor:
     """The student's decoder loss, summed over one image's sampled prompt sets and output kinds."""
-    ref.set_image(rgb)
-    pred.set_image(rgb)
-    features = pred.features.clone()  # a normal tensor: inference tensors cannot enter autograd
+    teacher_state = ref.encode(rgb)
+    student_state = pred.encode(rgb).clone()  # ordinary tensors: inference tensors cannot enter autograd
     side = resized_shape(rgb.shape[0], rgb.shape[1], mask_side)
-    teacher, student = ref.model, pred.model
-    loss = torch.zeros((), device=student.device)
-    for prompts, multi, low_res in _teacher_targets(ref, rng, num_points, boxes, outputs):
+    loss = torch.zeros((), device=pred.device)
+    for prompts, multi, target in _teacher_targets(ref, teacher_state, rng, num_points, boxes, outputs):
         with torch.no_grad():
-            low_res = torch.as_tensor(low_res, device=teacher.device)
-            target = teacher.postprocess_masks(low_res, ref.input_size, side) > teacher.mask_threshold
-        logits, iou = _student_logits(pred, features, prompts, multi, side)
-        loss = loss + decoder_loss(logits, iou, target.float().to(student.device), student.mask_threshold)
+            truth = teacher_state.upscale(target.low_res, side) > ref.mask_threshold
+        student = pred.decode(student_state, prompts, multi, requires_grad=True)
+        logits = student_state.upscale(student.low_res, side)
+        loss = loss + decoder_loss(logits, student.scores, truth.float().to(pred.device), pred.mask_threshold)
     return loss
 
 

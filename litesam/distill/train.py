@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from ..everything import write_atomic
 from ..modeling.sam import Sam
-from ..registry import Preprocess
-from .embeddings import EmbeddingStore, prepare_image, preprocess_of
+from ..utils.transforms import ImageTransform
+from .embeddings import EmbeddingStore, prepare_image
 
 CHECKPOINT = "last.pt"
 LOG = "log.jsonl"
@@ -84,14 +84,18 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
 class _Pairs(Dataset):
     """Store entry i -> (3xSxS student input, float16 teacher embedding)."""
 
-    def __init__(self, store: EmbeddingStore, pp: Preprocess, images_root: str | os.PathLike | None) -> None:
-        self.store, self.pp, self.images_root = store, pp, images_root
+    def __init__(
+        self, store: EmbeddingStore, transform: ImageTransform, images_root: str | os.PathLike | None
+    ) -> None:
+        self.store, self.transform, self.images_root = store, transform, images_root
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return prepare_image(self.store.image_path(i, self.images_root), self.pp), self.store.embedding(i)
+        return prepare_image(
+            self.store.image_path(i, self.images_root), self.transform
+        ), self.store.embedding(i)
 
 
 def _distributed(device: str | torch.device | None) -> tuple[int, int, torch.device]:
@@ -213,8 +217,7 @@ def train_student(
     rank, world, device = _distributed(device)
     out = Path(out)
     store = EmbeddingStore(embeddings)
-    pp = preprocess_of(student)
-    store.check_preprocess(pp, "the student")
+    store.check_transform(student.transform, "the student")
     if config.batch_size % world:
         raise ValueError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
     steps_per_epoch = len(store) // config.batch_size
@@ -245,7 +248,7 @@ def train_student(
     amp = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
     local = config.batch_size // world
     logs = _Logs(out, step, enabled=rank == 0)
-    dataset = _Pairs(store, pp, images)
+    dataset = _Pairs(store, student.transform, images)
 
     def checkpoint(next_epoch: int, next_position: int) -> None:
         states: list[Any] = [_rng_state()]

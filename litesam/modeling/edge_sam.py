@@ -8,16 +8,17 @@ Its depthwise re-parameterisable blocks carry a BatchNorm per branch and none af
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from ..utils.amg import stability_score
+from ..errors import InputError
+from ..prompts import Prompts
+from ..utils.masks import stability_score
+from ..utils.transforms import ImageTransform
 from .common import sam_neck
 from .fuse import fuse_modules
 from .repvit import RepViTConfig, build_features
-from .sam import Sam
+from .sam import Features, Sam
 
 EDGE_SAM_CONFIG = RepViTConfig(
     widths=(48, 96, 192, 384), depths=(3, 3, 15, 2), downsample_strides=(2, 2, 2), norm_after_sum=False
@@ -80,28 +81,36 @@ class EdgeSam(Sam):
     multimask_outputs: masks returned when ``multimask_output`` is true: 3 (tokens 1..3, as SAM and
     EdgeSAM's ``num_multimask_outputs=3`` default) or 4 (tokens 0..3, ``num_multimask_outputs=4``);
     a single mask is always token 0. stability_scores: replace the IoU predictions by the stability
-    score of the low-res logits (EdgeSAM's ``use_stability_score=True``, offset 1.0).
+    score of the low-res logits (EdgeSAM's ``use_stability_score=True``, offset 1.0). Both are fixed at
+    construction (model options of the registry).
     """
 
     stability_offset: float = 1.0
 
     def __init__(
-        self, *args: Any, multimask_outputs: int = 3, stability_scores: bool = False, **kwargs: Any
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        transform: ImageTransform,
+        multimask_outputs: int = 3,
+        stability_scores: bool = False,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(image_encoder, prompt_encoder, mask_decoder, transform)
+        tokens = mask_decoder.num_mask_tokens
+        if multimask_outputs not in (tokens - 1, tokens):
+            raise InputError(f"multimask_outputs must be {tokens - 1} or {tokens}, not {multimask_outputs!r}")
         self.multimask_outputs = multimask_outputs
-        self.stability_scores = stability_scores
+        self.stability_scores = bool(stability_scores)
 
     def mask_tokens(self, multimask_output: bool) -> slice:
         tokens = self.mask_decoder.num_mask_tokens
-        if self.multimask_outputs not in (tokens - 1, tokens):
-            raise ValueError(
-                f"multimask_outputs must be {tokens - 1} or {tokens}, not {self.multimask_outputs}"
-            )
         return slice(tokens - self.multimask_outputs, None) if multimask_output else slice(0, 1)
 
-    def decode(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        masks, scores = super().decode(*args, **kwargs)
+    def decode(
+        self, features: Features, prompts: Prompts, multimask_output: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        masks, scores = super().decode(features, prompts, multimask_output)
         if self.stability_scores:
             return masks, stability_score(masks, self.mask_threshold, self.stability_offset)
         return masks, scores

@@ -18,15 +18,17 @@ Attribute names follow the official checkpoints (github.com/yformer/EfficientSAM
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+from ..prompts import Prompts
+from ..utils.transforms import ImageTransform
 from .common import sam_neck
 from .prompt_encoder import PositionEmbeddingRandom
-from .sam import Sam
 from .transformer import Attention
 
 IMAGE_SIZE = 1024
@@ -311,140 +313,64 @@ class EfficientSamMaskDecoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-class StretchToSquare:
-    """Original-image frame -> EfficientSAM's encoder frame: each axis scaled to ``size`` pixels.
-
-    Images are not resized here (:meth:`EfficientSam.preprocess` resizes them in torch, as the official model
-    does); (x, y) coordinates are scaled per axis, x by ``size / W`` and y by ``size / H``. Same methods
-    as :class:`~litesam.utils.transforms.ResizeLongestSide`.
+class EfficientSam(nn.Module):
+    """EfficientSAM behind litesam's :class:`~litesam.modeling.sam.PromptableModel` interface, numerically
+    the official ``EfficientSam``. Its :class:`~litesam.utils.transforms.ImageTransform` stretches the
+    image to 1024x1024 on the 0-1 scale with ImageNet statistics and upsamples masks bicubically.
     """
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    mask_threshold: float = 0.0
 
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 -> a writable copy of the same pixels (no resizing here)."""
-        return np.array(image)
-
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """(..., 2) (x, y) original pixels -> encoder-frame pixels (float64)."""
-        h, w = original_size
-        return np.asarray(coords, dtype=np.float64) * np.array([self.size / w, self.size / h])
-
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """(..., 4) XYXY boxes -> encoder-frame boxes."""
-        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
-
-    def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
-        """Like :meth:`apply_coords` for tensors, in float32 (the official model's arithmetic)."""
-        h, w = original_size
-        coords = coords.to(torch.float32)
-        return torch.stack([coords[..., 0] * self.size / w, coords[..., 1] * self.size / h], dim=-1)
-
-    def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
-        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
-
-
-class EfficientSam(Sam):
-    """EfficientSAM behind litesam's :class:`~litesam.modeling.Sam` interface, numerically the official
-    ``EfficientSam``. ``pixel_mean`` / ``pixel_std`` are on the 0-1 scale (ImageNet statistics).
-    """
-
-    image_encoder: EfficientSamImageEncoder
-    prompt_encoder: EfficientSamPromptEncoder
-    mask_decoder: EfficientSamMaskDecoder
-
-    def __init__(
-        self,
-        encoder_embed_dim: int,
-        encoder_num_heads: int,
-        pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
-        pixel_std: tuple[float, float, float] = IMAGENET_STD,
-        image_size: int = IMAGE_SIZE,
-    ) -> None:
-        super().__init__(
-            image_encoder=EfficientSamImageEncoder(encoder_embed_dim, encoder_num_heads, img_size=image_size),
-            prompt_encoder=EfficientSamPromptEncoder(input_size=image_size),
-            mask_decoder=EfficientSamMaskDecoder(),
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            image_size=image_size,
+    def __init__(self, encoder_embed_dim: int, encoder_num_heads: int, transform: ImageTransform) -> None:
+        super().__init__()
+        self.image_encoder = EfficientSamImageEncoder(
+            encoder_embed_dim, encoder_num_heads, img_size=transform.image_size
         )
+        self.prompt_encoder = EfficientSamPromptEncoder(input_size=transform.frame_size)
+        self.mask_decoder = EfficientSamMaskDecoder()
+        self.transform = transform
 
     @property
-    def transform(self) -> StretchToSquare:
-        """How images and prompts reach the encoder frame (the predictor applies it)."""
-        return StretchToSquare(self.image_size)
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Bx3xhxw RGB pixels (0-255, the original image) -> Bx3xSxS encoder input.
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Bx3x1024x1024 encoder input -> ``{"image_embeddings": Bx256x64x64}``."""
+        return {"image_embeddings": self.image_encoder(x)}
 
-        Scaled to 0-1, stretched to SxS bilinearly (aspect ratio not kept, no padding), normalised.
-        """
-        x = x.contiguous() / 255.0
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
-        return (x - self.pixel_mean) / self.pixel_std
-
-    def prompt_points(
-        self,
-        point_coords: torch.Tensor | None,
-        point_labels: torch.Tensor | None,
-        boxes: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_points(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         """The official point prompt: box corners (labels 2, 3) first, then the points; padded with
         (-1, -1) / label -1 or truncated to 6 points; negative coordinates become -1.
 
-        point_coords BxNx2 and boxes Bx4 (x0, y0, x1, y1) in encoder-input pixels, point_labels BxN
-        (a batch of 1 is broadcast) -> coords Bx6x2, labels Bx6.
+        Prompts in the prompt frame (points BxNx2, labels BxN, boxes Bx4) -> coords Bx6x2, labels Bx6.
         """
+        if prompts.mask is not None:
+            raise InputError("EfficientSAM does not take a mask prompt (mask_input must be None)")
         coords, labels = [], []
-        if boxes is not None:
-            coords.append(boxes.reshape(-1, 2, 2).float())
-            corner_labels = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=boxes.device)
-            labels.append(corner_labels.expand(len(boxes), 2))
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels are required with point_coords")
-            coords.append(point_coords.float())
-            labels.append(point_labels.to(torch.int64))
-        if not coords:
-            raise ValueError("EfficientSAM needs at least one point or box prompt")
-        batch = max(len(c) for c in coords)
-        coords_t = torch.cat([c.expand(batch, -1, -1) for c in coords], dim=1)[:, :MAX_POINTS]
-        labels_t = torch.cat([lb.expand(batch, -1) for lb in labels], dim=1)[:, :MAX_POINTS]
+        if prompts.boxes is not None:
+            coords.append(prompts.boxes.reshape(-1, 2, 2).float())
+            corner_labels = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=prompts.boxes.device)
+            labels.append(corner_labels.expand(len(prompts.boxes), 2))
+        if prompts.points is not None:
+            coords.append(prompts.points.float())
+            labels.append(prompts.labels.to(torch.int64))
+        coords_t = torch.cat(coords, dim=1)[:, :MAX_POINTS]
+        labels_t = torch.cat(labels, dim=1)[:, :MAX_POINTS]
         coords_t = torch.where(coords_t >= 0, coords_t, torch.full_like(coords_t, -1.0))
         missing = MAX_POINTS - coords_t.shape[1]
         return F.pad(coords_t, (0, 0, 0, missing), value=-1.0), F.pad(labels_t, (0, missing), value=-1)
 
     def decode(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor | None = None,
-        point_labels: torch.Tensor | None = None,
-        boxes: torch.Tensor | None = None,
-        mask_input: torch.Tensor | None = None,
-        multimask_output: bool = True,
+        self, features: Mapping[str, torch.Tensor], prompts: Prompts, multimask_output: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (BxMx256x256 low-res logits, BxM IoU estimates); M = 3 (multimask: tokens 1..3,
         for points and boxes alike) or 1 (token 0).
 
-        image_embeddings 1x256x64x64 (shared by the B prompts) or Bx256x64x64; prompts as in
-        :meth:`prompt_points`. EfficientSAM has no mask prompt: ``mask_input`` must be None.
+        features: batch 1 (shared by the B prompts) or B; prompts in the prompt frame, no mask prompt.
         """
-        if mask_input is not None:
-            raise ValueError("EfficientSAM does not take a mask prompt (mask_input must be None)")
-        coords, labels = self.prompt_points(point_coords, point_labels, boxes)
+        coords, labels = self.prompt_points(prompts)
         sparse = self.prompt_encoder(coords, labels)
-        image_embeddings = image_embeddings.expand(len(sparse), -1, -1, -1)
+        image_embeddings = features["image_embeddings"].expand(len(sparse), -1, -1, -1)
         masks, iou = self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse)
         keep = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, keep], iou[:, keep]
-
-    def postprocess_masks(
-        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
-    ) -> torch.Tensor:
-        """BxMx256x256 logits -> BxMxHxW logits at the original size, by bicubic upsampling of the
-        whole frame (the encoder saw the stretched image, so there is no padding to crop).
-        """
-        return F.interpolate(masks, size=tuple(original_size), mode="bicubic", align_corners=False)

@@ -15,15 +15,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils.transforms import ResizeLongestSide
 from .common import LayerNorm2d
 from .fuse import fuse_conv_bn
-from .sam import Sam
 
 NORM_EPS = 1e-6
 EMBED_DIM = 256
@@ -309,33 +306,3 @@ class EfficientViTSamImageEncoder(nn.Module):
 def efficientvit_sam_image_encoder(variant: str) -> EfficientViTSamImageEncoder:
     """Encoder for ``variant`` in ``l0``, ``l1``, ``l2``, ``xl0``, ``xl1`` (official configurations)."""
     return EfficientViTSamImageEncoder(CONFIGS[variant])
-
-
-class EncoderPromptResize(ResizeLongestSide):
-    """Images resized to the encoder's side; points and boxes scaled to the prompt frame's side."""
-
-    def __init__(self, image_side: int, prompt_side: int) -> None:
-        super().__init__(prompt_side)
-        self.image_resize = ResizeLongestSide(image_side)
-
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 -> longest side ``image_side`` (PIL bilinear)."""
-        return self.image_resize.apply_image(image)
-
-
-class EfficientViTSam(Sam):
-    """SAM with an EfficientViT encoder, as the official ``EfficientViTSam`` + ``EfficientViTSamPredictor``.
-
-    The encoder sees the image at ``image_size`` (512 for L0-L2), but prompts are scaled to the prompt
-    encoder's 1024 frame (this class's ``transform``); masks come back through that frame as in
-    :meth:`Sam.postprocess_masks`.
-    """
-
-    @property
-    def prompt_size(self) -> int:
-        """Side (pixels) of the square frame in which :meth:`decode` takes prompts (1024)."""
-        return self.prompt_encoder.input_image_size[0]
-
-    @property
-    def transform(self) -> EncoderPromptResize:
-        return EncoderPromptResize(self.image_size, self.prompt_size)

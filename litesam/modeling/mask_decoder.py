@@ -69,6 +69,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         keep: slice = slice(None),
+        features: object = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks (BxTx4Hx4W) and IoU predictions (BxT) of the mask tokens selected by ``keep`` (default all
         ``num_mask_tokens``); unselected masks are never upscaled."""

@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from ..registry import get_spec
 
 
 @dataclass(frozen=True)
@@ -36,18 +33,15 @@ def reference_formulation(model: nn.Module) -> Iterator[None]:
             m.fold_rel_pos = True
 
 
-@cache
-def model_stats(name: str) -> ModelStats:
-    """Parameters and encoder FLOPs for one image at the model's input size (no weights, no compute)."""
-    spec = get_spec(name)
-    with torch.device("meta"):
-        model = spec.build(spec.preprocess)
-    size = spec.preprocess.image_size
+def model_stats(model: nn.Module, input_size: int) -> ModelStats:
+    """Parameters and encoder FLOPs of ``model`` (best built on the meta device: no weights, no compute)
+    for one ``input_size`` square image."""
+    device = next(model.parameters()).device
     with reference_formulation(model), FlopCounterMode(display=False) as counter:
-        model.image_encoder(torch.empty(1, 3, size, size, device="meta"))
+        model.image_encoder(torch.empty(1, 3, input_size, input_size, device=device))
     return ModelStats(
         encoder_params=sum(p.numel() for p in model.image_encoder.parameters()),
         total_params=sum(p.numel() for p in model.parameters()),
         encoder_flops=counter.get_total_flops(),
-        input_size=size,
+        input_size=input_size,
     )

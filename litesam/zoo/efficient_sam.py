@@ -10,21 +10,24 @@ from __future__ import annotations
 from functools import partial
 
 from ..modeling.efficient_sam import IMAGENET_MEAN, IMAGENET_STD, EfficientSam
-from ..registry import ModelSpec, Preprocess
+from ..registry import ModelSpec
+from ..utils.transforms import ImageTransform
 
 SOURCE = "yformer/EfficientSAM"
-PREPROCESS = Preprocess(image_size=1024, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
+# 0-255 pixels / 255, stretched to 1024x1024, ImageNet statistics on the 0-1 scale; bicubic masks.
+TRANSFORM = ImageTransform(
+    image_size=1024,
+    resize="stretch",
+    pixel_scale=255.0,
+    pixel_mean=IMAGENET_MEAN,
+    pixel_std=IMAGENET_STD,
+    mask_interpolation="bicubic",
+)
 
 
-def build_efficient_sam(embed_dim: int, num_heads: int, preprocess: Preprocess) -> EfficientSam:
+def build_efficient_sam(embed_dim: int, num_heads: int, transform: ImageTransform) -> EfficientSam:
     """EfficientSAM with a 12-block ViT of width ``embed_dim``, unloaded."""
-    return EfficientSam(
-        embed_dim,
-        num_heads,
-        pixel_mean=preprocess.pixel_mean,
-        pixel_std=preprocess.pixel_std,
-        image_size=preprocess.image_size,
-    )
+    return EfficientSam(embed_dim, num_heads, transform)
 
 
 _URL = (
@@ -38,7 +41,7 @@ MODELS = [
         source=SOURCE,
         url=_URL + "efficient_sam_vitt.pt",
         sha256="dff858b19600a46461cbb7de98f796b23a7a888d9f5e34c0b033f7d6eb9e4e6a",
-        preprocess=PREPROCESS,
+        transform=TRANSFORM,
         description="EfficientSAM-Ti (10.2M params, ViT-Ti encoder, 1024x1024 stretched input)",
     ),
     ModelSpec(
@@ -48,7 +51,7 @@ MODELS = [
         url=_URL + "efficient_sam_vits.pt.zip",  # upstream ships ViT-S zipped (> 100 MB)
         sha256=None,  # no published checksum found; the file is used as downloaded
         member="efficient_sam_vits.pt",
-        preprocess=PREPROCESS,
+        transform=TRANSFORM,
         description="EfficientSAM-S (26.4M params, ViT-S encoder, 1024x1024 stretched input)",
     ),
 ]

@@ -10,28 +10,23 @@ from functools import partial
 
 from torch import nn
 
-from ..modeling.efficientvit import NORM_EPS, EfficientViTSam, efficientvit_sam_image_encoder
-from ..registry import ModelSpec, Preprocess
-from .sam import sam_mask_decoder, sam_prompt_encoder
+from ..modeling.efficientvit import NORM_EPS, efficientvit_sam_image_encoder
+from ..modeling.sam import Sam
+from ..registry import ModelSpec
+from ..utils.transforms import ImageTransform
+from .sam import sam_with_encoder
 
 SOURCE = "mit-han-lab/efficientvit"
 _URL = "https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/main/"
 
 
-def build_efficientvit_sam(variant: str, preprocess: Preprocess) -> EfficientViTSam:
+def build_efficientvit_sam(variant: str, transform: ImageTransform) -> Sam:
     """EfficientViT-SAM ``variant`` (l0, l1, l2, xl0, xl1), unloaded.
 
     The official model zoo sets every norm's eps to 1e-6, including the decoder transformer's
     LayerNorms (1e-5 in SAM), so they are set here too.
     """
-    model = EfficientViTSam(
-        image_encoder=efficientvit_sam_image_encoder(variant),
-        prompt_encoder=sam_prompt_encoder(),
-        mask_decoder=sam_mask_decoder(),
-        pixel_mean=preprocess.pixel_mean,
-        pixel_std=preprocess.pixel_std,
-        image_size=preprocess.image_size,
-    )
+    model = sam_with_encoder(efficientvit_sam_image_encoder(variant), transform)
     for module in model.mask_decoder.modules():
         if isinstance(module, nn.LayerNorm):
             module.eps = NORM_EPS
@@ -55,7 +50,7 @@ def _spec(variant: str, image_size: int, params: str) -> ModelSpec:
         source=SOURCE,
         url=f"{_URL}efficientvit_sam_{variant}.pt",
         sha256=SHA256[variant],
-        preprocess=Preprocess(image_size=image_size),
+        transform=ImageTransform(image_size=image_size, prompt_size=1024),
         description=f"EfficientViT-SAM-{variant.upper()} ({params} params, {image_size}px encoder input)",
     )
 

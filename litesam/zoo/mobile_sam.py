@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ..modeling.sam import Sam
 from ..modeling.tiny_vit import TinyViT
-from ..registry import ModelSpec, Preprocess
+from ..registry import ModelSpec
+from ..utils.transforms import ImageTransform
 from .sam import sam_with_encoder
 
 SOURCE = "ChaoningZhang/MobileSAM"
@@ -24,9 +25,9 @@ def mobile_sam_encoder(img_size: int = 1024, drop_path_rate: float = 0.0) -> Tin
     )
 
 
-def build_mobile_sam(preprocess: Preprocess) -> Sam:
+def build_mobile_sam(transform: ImageTransform) -> Sam:
     """MobileSAM, unloaded (BatchNorms unfused, official keys incl. the unused ``image_encoder.head``)."""
-    return sam_with_encoder(mobile_sam_encoder(preprocess.image_size), preprocess)
+    return sam_with_encoder(mobile_sam_encoder(transform.image_size), transform)
 
 
 MODELS = [

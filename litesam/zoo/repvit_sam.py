@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from ..modeling.repvit import RepViTSamEncoder
 from ..modeling.sam import Sam
-from ..registry import ModelSpec, Preprocess
+from ..registry import ModelSpec
+from ..utils.transforms import ImageTransform
 from .sam import sam_with_encoder
 
 SOURCE = "THU-MIG/RepViT"
 
 
-def build_repvit_sam(preprocess: Preprocess) -> Sam:
+def build_repvit_sam(transform: ImageTransform) -> Sam:
     """RepViT-SAM, unloaded (BatchNorms unfused, official keys)."""
-    return sam_with_encoder(RepViTSamEncoder(img_size=preprocess.image_size), preprocess)
+    return sam_with_encoder(RepViTSamEncoder(img_size=transform.image_size), transform)
 
 
 MODELS = [

@@ -7,7 +7,8 @@ from functools import partial
 from torch import nn
 
 from ..modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-from ..registry import ModelSpec, Preprocess
+from ..registry import ModelSpec
+from ..utils.transforms import ImageTransform
 
 SOURCE = "facebookresearch/segment-anything"
 _URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -34,30 +35,23 @@ def sam_mask_decoder(num_multimask_outputs: int = 3) -> MaskDecoder:
     )
 
 
-def sam_with_encoder(image_encoder: nn.Module, preprocess: Preprocess) -> Sam:
+def sam_with_encoder(image_encoder: nn.Module, transform: ImageTransform) -> Sam:
     """A light (or heavy) encoder in front of SAM's own prompt encoder and mask decoder."""
-    return Sam(
-        image_encoder=image_encoder,
-        prompt_encoder=sam_prompt_encoder(),
-        mask_decoder=sam_mask_decoder(),
-        pixel_mean=preprocess.pixel_mean,
-        pixel_std=preprocess.pixel_std,
-        image_size=preprocess.image_size,
-    )
+    return Sam(image_encoder, sam_prompt_encoder(transform.frame_size), sam_mask_decoder(), transform)
 
 
 def _build_vit(
-    embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int, ...], pp: Preprocess
+    embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int, ...], transform: ImageTransform
 ) -> Sam:
     encoder = ImageEncoderViT(
-        img_size=pp.image_size,
+        img_size=transform.image_size,
         embed_dim=embed_dim,
         depth=depth,
         num_heads=num_heads,
         window_size=14,
         global_attn_indexes=global_attn,
     )
-    return sam_with_encoder(encoder, pp)
+    return sam_with_encoder(encoder, transform)
 
 
 MODELS = [
