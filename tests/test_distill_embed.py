@@ -12,7 +12,8 @@ from helpers import photo
 from PIL import Image
 from torch import nn
 
-from litesam.distill.embeddings import INDEX, EmbeddingStore, embed_images, prepare_image, preprocess_of
+import litesam
+from litesam.distill.embeddings import INDEX, EmbeddingStore, embed_images, prepare_image
 from litesam.modeling import Sam
 from litesam.utils.transforms import ImageTransform
 from litesam.zoo.sam import sam_with_encoder
@@ -74,11 +75,13 @@ def test_store_holds_the_teachers_float16_embedding_of_every_image(images, tmp_p
     assert (summary.written, summary.skipped, summary.failed) == (7, 0, [])
     store = EmbeddingStore(tmp_path / "emb")
     assert sorted(e.image for e in store.entries) == names  # json files are not images
-    assert store.teacher == "tiny_vit" and store.preprocess == preprocess_of(teacher)
+    assert store.teacher == "tiny_vit" and store.transform == teacher.transform
     assert store.shape == (256, 64, 64) and len(list((tmp_path / "emb").glob("shard_*.bin"))) == 2
     for i, entry in enumerate(store.entries):
         with torch.no_grad():
-            expected = teacher.image_encoder(prepare_image(folder / entry.image, store.preprocess)[None])[0]
+            expected = teacher.encode(prepare_image(folder / entry.image, store.transform)[None])[
+                "image_embeddings"
+            ][0]
         got = store.embedding(i)
         assert got.dtype == torch.float16 and store.image_path(i) == folder / entry.image
         torch.testing.assert_close(got.float(), expected, atol=2e-3, rtol=1e-3)
@@ -137,13 +140,15 @@ def test_a_store_refuses_another_teacher_or_preprocessing(images, tmp_path):
     embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", progress=False)
     with pytest.raises(ValueError, match="teacher"):
         embed_images(tiny_teacher(), folder, tmp_path / "emb", "other", progress=False)
-    other_std = sam_with_encoder(nn.Conv2d(3, 256, 3, padding=1), ImageTransform(SIZE, pixel_std=(1.0, 1.0, 1.0)))
+    other_std = sam_with_encoder(
+        nn.Conv2d(3, 256, 3, padding=1), ImageTransform(SIZE, pixel_std=(1.0, 1.0, 1.0))
+    )
     with pytest.raises(ValueError, match="preprocess"):
         embed_images(other_std, folder, tmp_path / "emb", "t", progress=False)
     store = EmbeddingStore(tmp_path / "emb")
-    store.check_preprocess(ImageTransform(image_size=SIZE), "a student")
+    store.check_transform(ImageTransform(image_size=SIZE), "a student")
     with pytest.raises(ValueError, match="student"):
-        store.check_preprocess(ImageTransform(image_size=1024), "the student")
+        store.check_transform(ImageTransform(image_size=1024), "the student")
 
 
 def test_a_corrupted_shard_fails_its_checksum(images, tmp_path):
@@ -173,3 +178,23 @@ def test_prepared_input_is_resized_normalized_and_padded(tmp_path):
     assert x.shape == (3, SIZE, SIZE)
     torch.testing.assert_close(x[:, 0, 0], (200 - torch.tensor(pp.pixel_mean)) / torch.tensor(pp.pixel_std))
     assert x[:, 32:].abs().max() == 0  # 20x40 -> 32x64, padded at the bottom
+
+
+@pytest.mark.parametrize("name", litesam.list_models())
+def test_stored_embeddings_are_what_the_predictor_computes_for_every_model(name, tmp_path):
+    # The model's own transform (resize policy, pixel units, padding) in front of a cheap stand-in encoder:
+    # what `distill embed` stores must be what `Predictor.encode` computes, for every registered transform.
+    transform = litesam.get_spec(name).transform
+    torch.manual_seed(0)
+    teacher = sam_with_encoder(nn.Sequential(nn.AvgPool2d(16), nn.Conv2d(3, 256, 1)), transform).eval()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (300, 451, 3), dtype=np.uint8)).save(folder / "wide.png")
+    Image.fromarray(rng.integers(0, 256, (257, 120, 3), dtype=np.uint8)).save(folder / "tall.png")
+    embed_images(teacher, folder, tmp_path / "emb", name, progress=False)
+    store = EmbeddingStore(tmp_path / "emb")
+    predictor = litesam.Predictor(teacher)
+    for i, entry in enumerate(store.entries):
+        expected = predictor.encode(folder / entry.image).image_embeddings[0]
+        torch.testing.assert_close(store.embedding(i).float(), expected, atol=1e-3, rtol=1e-3)  # float16 store

@@ -19,6 +19,7 @@ from litesam import build_model, registry
 from litesam.distill.cli import COMMANDS, add_parsers
 from litesam.distill.embeddings import embed_images
 from litesam.distill.train import TrainConfig, epoch_order, lr_factor, train_student
+from litesam.prompts import Prompts
 from litesam.registry import ModelSpec
 from litesam.utils.transforms import ImageTransform
 
@@ -65,7 +66,7 @@ def test_loss_goes_down_and_the_result_is_a_sam_with_the_teachers_decoder(store,
     x = torch.zeros(1, 3, SIZE, SIZE)
     with torch.no_grad():
         points, labels = torch.tensor([[[10.0, 20.0]]]), torch.ones(1, 1)
-        low_res, iou = loaded.decode(loaded.image_encoder(x), points, labels)
+        low_res, iou = loaded.decode(loaded.encode(x), Prompts(points=points, labels=labels))
     assert low_res.shape == (1, 3, 256, 256) and iou.shape == (1, 3)
 
 
@@ -142,7 +143,9 @@ def _cli(argv: list[str]) -> int:
 
 def test_cli_embeds_trains_resumes_and_evaluates_by_registry_name(tmp_path, monkeypatch, capsys):
     builders = {"tiny_teacher": lambda pp: tiny_teacher(), "tiny_student": lambda pp: tiny_student(pp=pp)}
-    specs = {name: ModelSpec(name, fn, "test", transform=ImageTransform(SIZE)) for name, fn in builders.items()}
+    specs = {
+        name: ModelSpec(name, fn, "test", transform=ImageTransform(SIZE)) for name, fn in builders.items()
+    }
     monkeypatch.setattr(registry, "_REGISTRY", specs)
     make_images(tmp_path / "images", 5)
     teacher_pt = tmp_path / "teacher.pt"

@@ -137,8 +137,9 @@ class EmbeddingStore:
         """Raise ValueError unless the store was made with preprocessing ``pp`` (that of ``who``)."""
         if transform != self.transform:
             raise InputError(
-                f"embeddings in {self.root} were made by {self.teacher} with {self.transform}, but {who}"
-                f" expects {transform}: the student would learn from inputs it never sees. Re-embed with a"
+                f"embeddings in {self.root} were made by {self.teacher} with another preprocessing"
+                f" ({self.transform}) than {who} expects ({transform}): the student would learn from"
+                " inputs it never sees. Re-embed with a"
                 " teacher of the same preprocessing."
             )
 

@@ -80,9 +80,9 @@ class ImageTransform:
 
     def resize_image(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> the uint8 pixels the encoder input is made of (``"longest"``: resized with PIL
-        bilinear; ``"stretch"`` resizes later, in float, so the image is returned as it is)."""
+        bilinear; ``"stretch"`` resizes later, in float, so this is a copy of the image)."""
         if self.resize == "stretch":
-            return image
+            return np.array(image)
         h, w = self.input_size(image.shape[:2])
         return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
