@@ -197,4 +197,5 @@ def test_stored_embeddings_are_what_the_predictor_computes_for_every_model(name,
     predictor = litesam.Predictor(teacher)
     for i, entry in enumerate(store.entries):
         expected = predictor.encode(folder / entry.image).image_embeddings[0]
-        torch.testing.assert_close(store.embedding(i).float(), expected, atol=1e-3, rtol=1e-3)  # float16 store
+        stored = store.embedding(i).float()  # float16 in the store
+        torch.testing.assert_close(stored, expected, atol=1e-3, rtol=1e-3)

@@ -29,6 +29,7 @@ from PIL import Image
 import litesam
 from litesam.checkpoint import load_into
 from litesam.modeling.efficient_sam import EfficientSam
+from litesam.prompts import Prompts
 
 FIXTURE = "efficient_sam_vitt"
 CASES = ["a_point", "b_box", "b_box_single", "c_two_points", "d_box_point", "d_box_point_single"]
@@ -67,9 +68,8 @@ def official_shapes(fixture: Fixture, name: str) -> dict[str, tuple[int, ...]]:
 
 
 def official_input(model: EfficientSam, fixture: Fixture) -> torch.Tensor:
-    """The fixture image through ``model.preprocess``: 1x3x1024x1024."""
-    image = np.array(Image.open(fixture.image_path).convert("RGB"))
-    return model.preprocess(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    """The fixture image through ``model.transform``: 1x3x1024x1024."""
+    return model.transform.to_input(np.array(Image.open(fixture.image_path).convert("RGB")))
 
 
 def check_case(fixture: Fixture, case: dict[str, Any], low_res: Any, iou: Any, masks: Any) -> None:
@@ -120,9 +120,8 @@ def vits(fixture: Fixture) -> EfficientSam:
 
 def test_vits_decodes_from_its_official_weights(vits: EfficientSam, fixture: Fixture) -> None:
     with torch.inference_mode():
-        low_res, iou = vits.decode(
-            torch.from_numpy(fixture.features), boxes=torch.tensor([[100.0, 200, 600, 700]])
-        )
+        features = {"image_embeddings": torch.from_numpy(fixture.features)}
+        low_res, iou = vits.decode(features, Prompts(boxes=torch.tensor([[100.0, 200, 600, 700]])))
     assert low_res.shape == (1, 3, 256, 256) and iou.shape == (1, 3)
     assert torch.isfinite(low_res).all() and torch.isfinite(iou).all()
 
@@ -152,21 +151,18 @@ def test_decode_matches_official(model: EfficientSam, fixture: Fixture, name: st
     case = fixture.case(name)
     size = tuple(fixture.index["original_size"])
 
-    def frame(value: list | None, apply) -> torch.Tensor | None:
-        return None if value is None else apply(torch.tensor(value)[None], size)
-
-    coords = frame(case["point_coords"], model.transform.apply_coords_torch)
-    boxes = frame(case["box"], model.transform.apply_boxes_torch)
-    labels = None if case["point_labels"] is None else torch.tensor([case["point_labels"]])
+    prompts = Prompts.single(case["point_coords"], case["point_labels"], case["box"])
     with torch.inference_mode():
-        features = torch.from_numpy(fixture.features)
-        low_res, iou = model.decode(features, coords, labels, boxes, None, case["multimask_output"])
-        masks = model.postprocess_masks(low_res, size, size) > model.mask_threshold
+        features = {"image_embeddings": torch.from_numpy(fixture.features)}
+        frame = model.transform.apply_prompts(prompts, size)
+        low_res, iou = model.decode(features, frame, case["multimask_output"])
+        masks = model.transform.postprocess_masks(low_res, size) > model.mask_threshold
     check_case(fixture, case, low_res[0], iou[0], masks[0])
 
 
 def test_image_embedding_matches_official(predictor: litesam.Predictor, fixture: Fixture) -> None:
-    assert predictor.input_size == predictor.original_size == tuple(fixture.index["original_size"])
+    assert predictor.original_size == tuple(fixture.index["original_size"])
+    assert predictor.input_size == (1024, 1024)  # stretched: the image covers the whole encoder input
     features = predictor.get_image_embedding()
     assert_allclose(features, fixture.features, fixture.tolerance["features_atol"], "features")
 
@@ -194,9 +190,11 @@ def test_box_becomes_corner_points_before_the_points(model: EfficientSam) -> Non
     """Official prompt layout: corners (labels 2, 3), then points, padded to 6 with (-1, -1) / -1;
     negative coordinates become -1."""
     coords, labels = model.prompt_points(
-        torch.tensor([[[5.0, 6.0], [-3.0, 7.0]]]),
-        torch.tensor([[1, 0]]),
-        torch.tensor([[1.0, 2.0, 3.0, 4.0]]),
+        Prompts(
+            points=torch.tensor([[[5.0, 6.0], [-3.0, 7.0]]]),
+            labels=torch.tensor([[1, 0]]),
+            boxes=torch.tensor([[1.0, 2.0, 3.0, 4.0]]),
+        )
     )
     assert labels.tolist() == [[2, 3, 1, 0, -1, -1]]
     assert coords.tolist() == [[[1, 2], [3, 4], [5, 6], [-1, 7], [-1, -1], [-1, -1]]]
@@ -204,13 +202,15 @@ def test_box_becomes_corner_points_before_the_points(model: EfficientSam) -> Non
 
 def test_more_than_six_points_are_truncated_like_the_official_model(model: EfficientSam) -> None:
     coords, labels = model.prompt_points(
-        torch.arange(16.0).view(1, 8, 2), torch.ones(1, 8, dtype=torch.int), None
+        Prompts(points=torch.arange(16.0).view(1, 8, 2), labels=torch.ones(1, 8, dtype=torch.int))
     )
     assert coords.shape == (1, 6, 2) and labels.tolist() == [[1] * 6]
     assert coords[0, -1].tolist() == [10, 11]
 
 
 def test_mask_prompt_is_rejected(model: EfficientSam, fixture: Fixture) -> None:
-    point, label = torch.tensor([[[300.0, 300.0]]]), torch.tensor([[1]])
+    prompts = Prompts(
+        points=torch.tensor([[[300.0, 300.0]]]), labels=torch.tensor([[1]]), mask=torch.zeros(1, 1, 256, 256)
+    )
     with pytest.raises(ValueError, match="mask prompt"):
-        model.decode(torch.from_numpy(fixture.features), point, label, None, torch.zeros(1, 1, 256, 256))
+        model.decode({"image_embeddings": torch.from_numpy(fixture.features)}, prompts)

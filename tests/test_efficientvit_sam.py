@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,11 +24,11 @@ from torch import nn
 
 import litesam
 from litesam.checkpoint import load_into
-from litesam.modeling.efficientvit import EfficientViTSam, LiteMLA, efficientvit_sam_image_encoder
+from litesam.modeling.efficientvit import LiteMLA, efficientvit_sam_image_encoder
 from litesam.modeling.fuse import fuse_modules
 from litesam.modeling.sam import Sam
 from litesam.registry import ModelSpec
-from litesam.utils.transforms import ResizeLongestSide
+from litesam.utils.transforms import ImageTransform
 from litesam.zoo.efficientvit_sam import MODELS
 
 # Per variant, from the official model (``efficientvit_sam_<v>()`` + ``set_norm_eps(1e-6)``): encoder
@@ -49,9 +48,8 @@ def spec(name: str) -> ModelSpec:
     return next(s for s in MODELS if s.name == name)
 
 
-def build(name: str) -> EfficientViTSam:
-    s = spec(name)
-    return s.build(s.preprocess).eval()
+def build(name: str) -> Sam:
+    return spec(name).instantiate().eval()
 
 
 def layout_digest(state: dict[str, torch.Tensor]) -> str:
@@ -89,7 +87,7 @@ def test_variant_has_the_official_layout_and_runs_on_a_small_image(variant):
     assert sum(k.startswith("image_encoder.") for k in state) == n_encoder_keys
     assert sum(p.numel() for p in model.parameters()) == n_params
     assert layout_digest(state) == digest
-    assert model.image_size == side and model.prompt_size == 1024
+    assert model.transform.image_size == side and model.transform.frame_size == 1024
     # the neck resamples every stage to 64x64, so any input side gives SAM's 64x64 embedding
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -101,15 +99,14 @@ def test_l_models_encode_at_512_but_take_prompts_and_give_masks_in_the_1024_fram
     model = build("efficientvit_sam_l0")
     original = (770, 769)
     transform = model.transform
-    assert transform.apply_image(np.zeros((*original, 3), np.uint8)).shape == (512, 511, 3)
+    assert transform.resize_image(np.zeros((*original, 3), np.uint8)).shape == (512, 511, 3)
+    assert transform.to_input(np.zeros((*original, 3), np.uint8)).shape == (1, 3, 512, 512)
     corner = transform.apply_coords(np.array([[769.0, 770.0]]), original)
     np.testing.assert_allclose(corner, [[1023, 1024]])
     logits = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     # SAM's own mask post-processing in the 1024 frame, where the image covers 1024x1023 pixels
-    sam = SimpleNamespace(image_size=1024, prompt_encoder=SimpleNamespace(input_image_size=(1024, 1024)))
-    sam_1024 = Sam.postprocess_masks(sam, logits, (1024, 1023), original)
-    ours = model.postprocess_masks(logits, (512, 511), original)
-    torch.testing.assert_close(ours, sam_1024, rtol=0, atol=0)
+    sam_1024 = ImageTransform(1024).postprocess_masks(logits, original)
+    torch.testing.assert_close(transform.postprocess_masks(logits, original), sam_1024, rtol=0, atol=0)
 
 
 def test_fused_encoder_computes_the_same_function():
@@ -170,13 +167,12 @@ def test_official_checkpoint_layout_loads_strictly(parity_run):
 def test_preprocessing_is_the_official_one(parity_run):
     """Registry data (side, mean, std) as in meta.json, and the encoder input equals the stored crops."""
     fixture, predictor = parity_run
-    pre, meta = spec(fixture.model).preprocess, fixture.meta["preprocess"]
+    pre, meta = spec(fixture.model).transform, fixture.meta["preprocess"]
     assert pre.image_size == meta["resolution"]
     assert pre.pixel_mean == tuple(meta["mean_0_255"]) and pre.pixel_std == tuple(meta["std_0_255"])
     image = np.array(Image.open(fixture.image_path).convert("RGB"))
-    resized = ResizeLongestSide(pre.image_size).apply_image(image)
-    assert list(resized.shape[:2]) == meta["encoder_input_resized_hw"]
-    x = predictor.model.preprocess(torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float())
+    assert list(pre.resize_image(image).shape[:2]) == meta["encoder_input_resized_hw"]
+    x = predictor.model.transform.to_input(image)
     assert list(x.shape) == meta["input_tensor_shape"]
     assert_allclose(x[0, :, 248:264, 248:264], fixture.arrays["input_patch"], 1e-6, "input patch")
     assert_allclose(x[0, :, 248:264, -4:], fixture.arrays["input_right_edge"], 1e-6, "input right edge")

@@ -35,7 +35,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
 def test_official_state_dict_layout_loads_strictly(official_sam, size):
     with torch.device("meta"):
         official = official_sam.sam_model_registry[size]()
-        ours = litesam.get_spec(f"sam_{size}").build(ImageTransform())
+        ours = litesam.get_spec(f"sam_{size}").instantiate()
     theirs = {k: tuple(v.shape) for k, v in official.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == theirs
 
