@@ -2,46 +2,73 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .errors import LitesamError
+
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module")
 _SHOW = 5
+# How torch's safe unpickler names a global it refuses ("... unsupported GLOBAL posix.system whose ...").
+_BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LitesamError, RuntimeError):
     """A checkpoint file is unreadable or does not fit the model."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file (``weights_only=True``) and return its plain state_dict.
-
-    Accepts a bare state_dict and the usual wrappers (``{"model": ...}``, ``{"state_dict": ...}``,
-    DataParallel/DDP ``module.`` prefixes).
-    """
+def load_checkpoint(path: str | os.PathLike) -> Any:
+    """Unpickle a checkpoint file safely (``torch.load(..., weights_only=True)``: tensors and plain
+    containers only, no code runs) onto the CPU; every failure is a :class:`CheckpointError` saying what
+    is wrong with the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted download?")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of garbage before failing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
     except Exception as e:  # the unpickler raises many types on garbage input
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
-            reason = next((line for line in str(e).splitlines() if "Unsupported" in line), first)
-            raise CheckpointError(
-                f"{path} holds objects other than tensors and cannot be loaded safely "
-                f"(weights_only=True): {reason.strip()}"
-            ) from e
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt download?): {first}"
-        ) from e
-    return unwrap_state_dict(obj, source=str(path))
+        raise CheckpointError(_unreadable(path, e)) from e
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` failed on ``path``, in words for the user: a refused global is named; torch's
+    advice to load with ``weights_only=False`` (which runs whatever the file holds) is left out."""
+    text = str(error)
+    blocked = _BLOCKED_GLOBAL.search(text)
+    if isinstance(error, pickle.UnpicklingError) and blocked:
+        return (
+            f"{path} holds Python objects, not only tensors: litesam refuses to load the global"
+            f" {blocked[1]} (loading it could run code; a model checkpoint holds tensors only)"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
+    detail = detail.split(". ")[0] or type(error).__name__
+    return f"{path} is not a PyTorch checkpoint, or it is corrupt (truncated or damaged download?): {detail}"
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file safely (:func:`load_checkpoint`) and return its plain state_dict.
+
+    Accepts a bare state_dict and the usual wrappers (``{"model": ...}``, ``{"state_dict": ...}``,
+    DataParallel/DDP ``module.`` prefixes).
+    """
+    return unwrap_state_dict(load_checkpoint(path), source=str(path))
 
 
 def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

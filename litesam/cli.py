@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +13,7 @@ from PIL import Image
 
 from . import __version__
 from .distill.cli import add_parsers as add_distill_parsers
+from .errors import InputError, LitesamError, OutputError
 
 
 def _numbers(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -24,6 +25,8 @@ def _numbers(text: str, count: tuple[int, ...], what: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"{what} expects {' or '.join(map(str, count))} comma-separated numbers, got {text!r}"
         )
+    if not all(map(math.isfinite, values)):
+        raise argparse.ArgumentTypeError(f"{what} expects finite numbers, got {text!r} (NaN or infinite)")
     return values
 
 
@@ -190,18 +193,17 @@ def _add_edges_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv``; a :class:`LitesamError` (a problem with what the user gave) is
+    printed as one line and gives exit status 2, anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
     from .distill.cli import COMMANDS as DISTILL_COMMANDS
-    from .hub import DownloadError
-    from .utils.image import ImageError
 
+    commands = {"segment": _segment, "models": _models, "download": _download}
+    commands.update(everything=_everything, edges=_edges)
+    commands.update(DISTILL_COMMANDS)
     try:
-        commands = {"segment": _segment, "models": _models, "download": _download}
-        commands.update(everything=_everything, edges=_edges)
-        commands.update(DISTILL_COMMANDS)
         return commands[args.command](args)
-    except (CheckpointError, DownloadError, ImageError, ValueError, FileNotFoundError) as e:
+    except LitesamError as e:
         print(f"litesam {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -246,13 +248,15 @@ def _download(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     from . import Predictor, build_model
     from .utils.image import load_image
+    from .utils.io import atomic_write_json, atomic_write_png, writable_folder
     from .utils.visualize import candidate_panels, overlay
 
     if not args.point and not args.box:
-        raise ValueError("give at least one prompt: --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1")
+        raise InputError("give at least one prompt: --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1")
     if len(args.box) > 1 and args.point:
-        raise ValueError("several --box prompts cannot be combined with --point (each box is its own object)")
+        raise InputError("several --box prompts cannot be combined with --point (each box is its own object)")
     image = load_image(args.image)
+    out = writable_folder(args.output)  # before the slow part: a bad -o fails in a second
     model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
     predictor = Predictor(model)
     predictor.set_image(image)
@@ -271,13 +275,11 @@ def _segment(args: argparse.Namespace) -> int:
             multimask_output=args.multimask,
         )
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
     records = []
     for i, (mask, score) in enumerate(zip(masks, scores, strict=True)):
         name = f"{stem}_mask{i}.png"
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out / name)
+        atomic_write_png(out / name, Image.fromarray(mask.astype(np.uint8) * 255))
         ys, xs = np.nonzero(mask)
         bbox = (
             [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
@@ -289,7 +291,7 @@ def _segment(args: argparse.Namespace) -> int:
         picture = candidate_panels(image, masks, scores, points, labels, boxes)
     else:
         picture = overlay(image, masks, points, labels, boxes)
-    picture.save(out / f"{stem}_overlay.png")
+    atomic_write_png(out / f"{stem}_overlay.png", picture)
     summary = {
         "image": str(args.image),
         "size_hw": list(image.shape[:2]),
@@ -299,7 +301,7 @@ def _segment(args: argparse.Namespace) -> int:
         "multimask": args.multimask,
         "masks": records,
     }
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / f"{stem}.json", summary, indent=2)
     best = max(records, key=lambda r: r["score"])
     print(
         f"{len(records)} mask(s) written to {out}/ (best: {best['file']}, predicted IoU {best['score']:.3f})"
@@ -309,12 +311,14 @@ def _segment(args: argparse.Namespace) -> int:
 
 def _everything(args: argparse.Namespace) -> int:
     from . import MaskGenerator, build_model
-    from .everything import find_images, read_boxes, segment_everything
+    from .everything import SUMMARY, read_boxes, segment_everything
+    from .utils.io import find_images, writable_folder
 
     jobs = find_images(args.paths, recursive=args.recursive, exclude=args.output)
     boxes = read_boxes(args.boxes) if args.boxes else None
     knobs = {o.lstrip("-").replace("-", "_") for o, _, _ in _GENERATOR_KNOBS}
     settings = {k: v for k, v in vars(args).items() if k in knobs}
+    writable_folder(args.output)  # before the slow part: a bad -o fails in a second
     model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
     generator = MaskGenerator(model, output_mode=args.output_mode, **settings)
     info = {
@@ -329,7 +333,8 @@ def _everything(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(
         f"{summary['done']} image(s) segmented ({summary['masks']} masks), {summary['skipped']} already done,"
-        f" {summary['failed']} failed; see {Path(args.output) / 'summary.json'}"
+        f" {summary['done_elsewhere']} done and {summary['in_progress_elsewhere']} in progress by another"
+        f" run, {summary['failed']} failed; see {Path(args.output) / SUMMARY}"
     )
     return 1 if summary["failed"] else 0
 
@@ -338,8 +343,13 @@ def _edges(args: argparse.Namespace) -> int:
     from . import build_model
     from .edges import EdgeDetector, edge_image
     from .utils.image import load_image
+    from .utils.io import atomic_write, atomic_write_png, writable_folder
 
     image = load_image(args.image)
+    out = Path(args.output)
+    if out.is_dir():
+        raise OutputError(f"{out} is a folder: -o takes the file name of the edge PNG")
+    writable_folder(out.parent)  # before the slow part: a bad -o fails in a second
     model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
     detector = EdgeDetector(
         model,
@@ -352,10 +362,8 @@ def _edges(args: argparse.Namespace) -> int:
         border=args.border,
     )
     result = detector.detect(image)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    edge_image(result.edges).save(out, format="PNG")
-    np.save(out.with_suffix(".npy"), result.edges)
+    atomic_write_png(out, edge_image(result.edges))
+    atomic_write(out.with_suffix(".npy"), lambda f: np.save(f, result.edges))
     print(
         f"edges of {args.image} written to {out} and {out.with_suffix('.npy')}"
         f" ({result.num_kept} of {result.num_candidates} masks kept after NMS)"

@@ -13,3 +13,7 @@ class LitesamError(Exception):
 class InputError(LitesamError, ValueError):
     """Invalid input: a prompt, an image, an option or a data file. Also a ``ValueError``, so code that
     catches ``ValueError`` (as segment-anything users do) keeps working."""
+
+
+class OutputError(LitesamError):
+    """An output cannot be written: the path is a file, not writable, on a full disk, ..."""

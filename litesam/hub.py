@@ -3,7 +3,9 @@
 Files land in :func:`cache_dir` (``$LITESAM_HOME`` or ``~/.cache/litesam``). A download streams into
 ``<file>.part`` and is renamed atomically once its checksum matches, so the cache never holds a partial
 file under its final name. An interrupted download keeps the ``.part`` and resumes it with an HTTP
-``Range`` request on the next call. ``LITESAM_OFFLINE=1`` forbids any network access.
+``Range`` request on the next call, if the file has a published SHA-256 to prove the result (without one,
+a ``.part`` is never trusted: the download restarts from zero). ``LITESAM_OFFLINE=1`` forbids any network
+access.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .errors import LitesamError, OutputError
+from .utils.io import atomic_write, atomic_write_text, durable_replace, writable_folder
+
 MiB = 1 << 20
 _USER_AGENT = "litesam-hub/0.1 (+urllib)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(LitesamError, RuntimeError):
     """A checkpoint could not be fetched (network failure, HTTP error, offline mode)."""
 
 
@@ -124,6 +129,8 @@ def _stream(
             update(block)
             size += len(block)
             bar.update(len(block))
+        f.flush()
+        os.fsync(f.fileno())
     if total is not None and size != total:
         raise ConnectionError(f"connection closed after {size} of {total} bytes")
     return size
@@ -169,20 +176,24 @@ def download(
 ) -> Path:
     """Download ``url`` to ``dest``, resuming ``dest.part`` if present, and verify its SHA-256.
 
-    ``sha256``: expected hex digest, or None to skip verification. ``chunk``: read size in bytes.
-    ``timeout``: seconds per socket operation. ``name``: model name, only used in error messages.
-    Raises :class:`ChecksumError` (and deletes the ``.part``) on a digest mismatch, and
-    :class:`DownloadError` on network/HTTP failures or in offline mode (the ``.part`` is kept for a resume).
-    Returns ``dest``.
+    ``sha256``: expected hex digest, or None to skip verification (then a ``.part`` is neither resumed nor
+    kept: its bytes could not be proven). ``chunk``: read size in bytes. ``timeout``: seconds per socket
+    operation. ``name``: model name, only used in error messages. Raises :class:`ChecksumError` (and
+    deletes the ``.part``) on a digest mismatch, and :class:`DownloadError` on network/HTTP failures or in
+    offline mode (the ``.part`` is kept for a resume). Returns ``dest``.
     """
     dest = Path(dest)
     part = _part_path(dest)
     if offline():
         raise DownloadError(f"LITESAM_OFFLINE is set, not downloading {url}. {_by_hand(url, dest, name)}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(dest.parent)
+    if sha256 is None:
+        part.unlink(missing_ok=True)
     try:
         size, got = _transfer(url, part, chunk, timeout, progress)
     except (OSError, http.client.HTTPException) as err:
+        if sha256 is None:
+            part.unlink(missing_ok=True)
         kept = part.stat().st_size if part.exists() else 0
         reason = f"HTTP {err.code} {err.reason}" if isinstance(err, urllib.error.HTTPError) else repr(err)
         resume = f"{kept} bytes are kept in {part}; run again to resume. " if kept else ""
@@ -194,7 +205,7 @@ def download(
             f"Checksum mismatch for {url} ({size} bytes): expected sha256 {sha256.lower()}, got {got}. "
             f"The partial file was deleted; run again to re-download. {_by_hand(url, dest, name)}"
         )
-    os.replace(part, dest)
+    durable_replace(part, dest)
     return dest
 
 
@@ -216,10 +227,11 @@ def _verified_before(path: Path, sha256: str) -> bool:
 
 
 def _remember_verified(path: Path, sha256: str) -> None:
-    """Record that ``path`` (at its current size and mtime) has digest ``sha256``; best effort."""
+    """Record that ``path`` (at its current size and mtime) has digest ``sha256``; best effort (a shared,
+    read-only cache is fine)."""
     try:
-        _sidecar(path).write_text(json.dumps(_stamp(path, sha256)))
-    except OSError:
+        atomic_write_text(_sidecar(path), json.dumps(_stamp(path, sha256)))
+    except OutputError:
         pass
 
 
@@ -243,20 +255,31 @@ def _extract(archive: Path, member: str) -> Path:
     target = archive.with_name(Path(member).name)
     if target.is_file():
         return target
-    part = _part_path(target)
     try:
         with zipfile.ZipFile(archive) as zf:
             if member not in zf.namelist():
                 raise DownloadError(f"{archive} has no member {member!r} (it holds {zf.namelist()})")
-            with zf.open(member) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst, MiB)
+            with zf.open(member) as src:
+                atomic_write(target, lambda dst: shutil.copyfileobj(src, dst, MiB))
     except zipfile.BadZipFile as err:
-        part.unlink(missing_ok=True)
         raise DownloadError(
             f"{archive} is not a valid zip archive ({err}); delete it to download again"
         ) from err
-    os.replace(part, target)
     return target
+
+
+def _writable_cache() -> Path:
+    """:func:`cache_dir`, created if needed and proven writable; else a DownloadError naming it. A
+    ``$LITESAM_HOME`` whose parent folder is missing is not created (a typo, most likely)."""
+    home = os.environ.get("LITESAM_HOME")
+    try:
+        return writable_folder(cache_dir(), parents=not home)
+    except OutputError as e:
+        where = f"LITESAM_HOME={home}" if home else f"the checkpoint cache {cache_dir()}"
+        raise DownloadError(
+            f"{where} cannot hold downloads: {e}. Set LITESAM_HOME to a writable folder, or pass"
+            " --checkpoint PATH (checkpoint=PATH in Python) with a checkpoint file you have."
+        ) from e
 
 
 def fetch_checkpoint(
@@ -275,17 +298,20 @@ def fetch_checkpoint(
     :class:`ChecksumError` (it is left in place: it may have been put there by hand). ``member``: the
     checkpoint is that file inside the zip archive ``filename`` (``sha256`` is the archive's); it is
     extracted next to the archive once and its path returned. ``url`` None: no official download exists,
-    so a missing file raises :class:`DownloadError` saying where to put it.
+    so a missing file raises :class:`DownloadError` saying where to put it. A missing file whose cache
+    folder cannot take it (a file, not writable, or a ``$LITESAM_HOME`` whose parent folder does not
+    exist) raises :class:`DownloadError` naming the folder.
     """
     dest = cache_dir() / filename
     if dest.is_file():
         path = _verified_cache(name, url, dest, sha256)
-    elif url is None:
-        raise DownloadError(
-            f"No download URL is known for {name!r}. Save its official checkpoint as {dest}, "
-            f'or pass --checkpoint PATH (build_model("{name}", checkpoint=PATH) in Python).'
-        )
     else:
+        _writable_cache()  # before saying where to put the file
+        if url is None:
+            raise DownloadError(
+                f"No download URL is known for {name!r}. Save its official checkpoint as {dest}, "
+                f'or pass --checkpoint PATH (build_model("{name}", checkpoint=PATH) in Python).'
+            )
         path = download(url, dest, sha256, progress=progress, name=name)
         if sha256 is not None:
             _remember_verified(path, sha256)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -41,17 +44,31 @@ def test_missing_file(tmp_path):
         read_state_dict(tmp_path / "nope.pth")
 
 
+def test_a_folder_is_called_a_folder(tmp_path):
+    (tmp_path / "weights.pth").mkdir()
+    with pytest.raises(CheckpointError, match="weights.pth is a folder, not a checkpoint file"):
+        read_state_dict(tmp_path / "weights.pth")
+
+
 def test_empty_file(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
         read_state_dict(tmp_path / "empty.pth")
 
 
-def test_not_a_checkpoint(tmp_path):
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a checkpoint", random.Random(0).randbytes(5000), b"PK\x03\x04" + bytes(3000)],
+    ids=["text", "random bytes", "broken zip"],
+)
+def test_not_a_checkpoint(tmp_path, content):
     path = tmp_path / "photo.pth"
-    path.write_text("this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="photo.pth.*not a readable PyTorch checkpoint"):
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
         read_state_dict(path)
+    message = str(err.value)
+    assert "photo.pth is not a PyTorch checkpoint, or it is corrupt" in message
+    assert "safe" not in message and "weights_only" not in message and "\n" not in message
 
 
 def test_truncated_download(tmp_path, state):
@@ -59,20 +76,24 @@ def test_truncated_download(tmp_path, state):
     torch.save(state, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="cut.pth is not a PyTorch checkpoint, or it is corrupt"):
         read_state_dict(path)
 
 
 class Evil:
     def __reduce__(self):
-        return (print, ("pwned",))
+        return (os.system, ("echo pwned",))
 
 
-def test_arbitrary_pickles_are_refused(tmp_path):
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip format", "legacy format"])
+def test_a_malicious_pickle_is_refused_naming_its_global(tmp_path, zipped):
     path = tmp_path / "evil.pth"
-    torch.save({"model": Evil()}, path)
-    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+    torch.save({"model": Evil()}, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(CheckpointError) as err:
         read_state_dict(path)
+    message = str(err.value)
+    assert f"refuses to load the global {os.system.__module__}.system" in message
+    assert "weights_only" not in message and "\n" not in message
 
 
 def test_no_state_dict_inside(tmp_path):

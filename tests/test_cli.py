@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,11 +78,57 @@ def test_prompt_errors_exit_2_with_a_message(tmp_path, image_file, checkpoint, c
     assert message in capsys.readouterr().err
 
 
-def test_bad_point_syntax_is_an_argparse_error(capsys, image_file):
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--point", "1;2"], "--point X,Y[,LABEL] expects 2 or 3"),
+        (["--box", "nan,0,5,5"], "--box X0,Y0,X1,Y1 expects finite numbers, got 'nan,0,5,5'"),
+        (["--point", "inf,3"], "--point X,Y[,LABEL] expects finite numbers"),
+    ],
+)
+def test_bad_prompt_syntax_is_an_argparse_error(capsys, image_file, option, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["segment", str(image_file), "--point", "1;2"])
+        main(["segment", str(image_file), *option])
     assert exit_info.value.code == 2
-    assert "--point X,Y[,LABEL] expects 2 or 3" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+PROC = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        pytest.param(lambda tmp: tmp / "photo.jpg", id="an existing file"),
+        pytest.param(lambda tmp: "/proc/litesam-out", id="no folder can be made", marks=PROC),
+        pytest.param(lambda tmp: "/proc/self", id="no file can be made", marks=PROC),
+    ],
+)
+def test_segment_refuses_an_unwritable_output_before_building_the_model(
+    tmp_path, image_file, monkeypatch, capsys, output
+):
+    monkeypatch.setattr(litesam, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    out = output(tmp_path)
+    before = image_file.read_bytes()
+    assert main(["segment", str(image_file), "--point", "5,5", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("litesam segment: error: ") and str(out) in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"] and image_file.read_bytes() == before
+
+
+def test_edges_refuses_a_folder_as_its_output_file(tmp_path, image_file, monkeypatch, capsys):
+    monkeypatch.setattr(litesam, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    assert main(["edges", str(image_file), "-o", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder: -o takes the file name of the edge PNG" in capsys.readouterr().err
+
+
+def test_a_bug_is_not_disguised_as_a_user_error(image_file, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(litesam, "build_model", broken)
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main(["segment", str(image_file), "--point", "5,5"])
 
 
 def test_wrong_checkpoint_and_unreadable_image(tmp_path, image_file, capsys):
@@ -93,7 +140,7 @@ def test_wrong_checkpoint_and_unreadable_image(tmp_path, image_file, capsys):
         )
         == 2
     )
-    assert "bad.pt is not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert "bad.pt is not a PyTorch checkpoint" in capsys.readouterr().err
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 nope")
     assert main(["segment", str(broken), "--point", "1,1"]) == 2
@@ -113,6 +160,15 @@ def test_offline_download_says_what_to_do(monkeypatch, tmp_path, capsys):
     assert main(["download", "sam_vit_b"]) == 2
     err = capsys.readouterr().err
     assert "sam_vit_b_01ec64.pth" in err and "--checkpoint" in err
+
+
+def test_a_litesam_home_that_is_a_file_is_named(monkeypatch, tmp_path, capsys):
+    (tmp_path / "home").write_text("")
+    monkeypatch.setenv("LITESAM_HOME", str(tmp_path / "home"))
+    assert main(["download", "mobile_sam"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"litesam download: error: LITESAM_HOME={tmp_path / 'home'} cannot hold downloads")
+    assert "is a file, not a folder" in err and err.count("\n") == 1
 
 
 def test_console_script_help():

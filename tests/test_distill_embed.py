@@ -14,6 +14,7 @@ from torch import nn
 
 import litesam
 from litesam.distill.embeddings import INDEX, EmbeddingStore, embed_images, prepare_image
+from litesam.errors import InputError
 from litesam.modeling import Sam
 from litesam.utils.transforms import ImageTransform
 from litesam.zoo.sam import sam_with_encoder
@@ -151,23 +152,71 @@ def test_a_store_refuses_another_teacher_or_preprocessing(images, tmp_path):
         store.check_transform(ImageTransform(image_size=1024), "the student")
 
 
-def test_a_corrupted_shard_fails_its_checksum(images, tmp_path):
+ENTRY_BYTES = 256 * 64 * 64 * 2
+
+
+def flip_a_byte(shard: Path, entry: int) -> None:
+    """Damage entry number ``entry`` of a shard file (one flipped byte)."""
+    data = bytearray(shard.read_bytes())
+    data[entry * ENTRY_BYTES + 100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+def test_a_corrupted_entry_fails_its_checksum_naming_shard_entry_and_image(images, tmp_path):
+    folder, _ = images
+    embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", shard_size=4, progress=False)
+    store = EmbeddingStore(tmp_path / "emb")
+    store.verify()
+    flip_a_byte(tmp_path / "emb" / "shard_00001.bin", 2)
+    damaged = next(i for i, e in enumerate(store.entries) if (e.shard, e.offset) == (1, 2))
+    expected = (
+        f"{tmp_path / 'emb' / 'shard_00001.bin'}, entry 2 (image {store.entries[damaged].image}) fails its"
+        " CRC32 checksum"
+    )
+    with pytest.raises(InputError) as err:
+        store.embedding(damaged)
+    assert expected in str(err.value)
+    assert store.embedding(damaged - 1).shape == (256, 64, 64)
+    with pytest.raises(InputError) as err:
+        store.verify()
+    assert expected in str(err.value)
+    store.verify(shards=[0])  # the other shard is sound
+
+
+def test_verify_finds_a_missing_or_truncated_shard(images, tmp_path):
+    folder, _ = images
+    embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", shard_size=4, progress=False)
+    shard = tmp_path / "emb" / "shard_00000.bin"
+    shard.write_bytes(shard.read_bytes()[: 3 * ENTRY_BYTES])
+    with pytest.raises(InputError, match=f"{shard} has {3 * ENTRY_BYTES} bytes, but its index needs"):
+        EmbeddingStore(tmp_path / "emb").verify()
+    shard.unlink()
+    with pytest.raises(InputError, match=f"{shard} is missing"):
+        EmbeddingStore(tmp_path / "emb").verify()
+
+
+@pytest.mark.parametrize(
+    "line, number",
+    [("not json", 3), ('{"image": "a.jpg", "shard": 0}', 3), ("[1, 2]", 3), ('{"format": 1}', 1)],
+    ids=["not JSON", "missing fields", "not an object", "bad header"],
+)
+def test_a_damaged_index_line_is_reported_with_file_and_line_number(images, tmp_path, line, number):
     folder, _ = images
     embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", progress=False)
-    shard = tmp_path / "emb" / "shard_00000.bin"
-    data = bytearray(shard.read_bytes())
-    data[100] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    store = EmbeddingStore(tmp_path / "emb")
-    with pytest.raises(ValueError, match="checksum"):
-        store.embedding(0)
-    assert store.embedding(1).shape == (256, 64, 64)
+    index = tmp_path / "emb" / INDEX
+    lines = index.read_text().splitlines()
+    lines[number - 1] = line
+    index.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=f"{index}, line {number}: not a"):
+        EmbeddingStore(tmp_path / "emb")
+    with pytest.raises(InputError):
+        embed_images(tiny_teacher(), folder, tmp_path / "emb", "t", progress=False)
 
 
 def test_missing_store_and_folder_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="distill embed"):
+    with pytest.raises(InputError, match="distill embed"):
         EmbeddingStore(tmp_path)
-    with pytest.raises(FileNotFoundError, match="image folder"):
+    with pytest.raises(InputError, match="image folder"):
         embed_images(tiny_teacher(), tmp_path / "nope", tmp_path / "emb", "t", progress=False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,12 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
-from test_distill_embed import SIZE, CrashAfter, make_images, tiny_student, tiny_teacher
+from test_distill_embed import SIZE, CrashAfter, flip_a_byte, make_images, tiny_student, tiny_teacher
 
 from litesam import build_model, registry
 from litesam.distill.cli import COMMANDS, add_parsers
-from litesam.distill.embeddings import embed_images
+from litesam.distill.embeddings import EmbeddingStore, embed_images
 from litesam.distill.train import TrainConfig, epoch_order, lr_factor, train_student
+from litesam.errors import InputError
 from litesam.prompts import Prompts
 from litesam.registry import ModelSpec
 from litesam.utils.transforms import ImageTransform
@@ -91,16 +93,35 @@ def test_a_killed_run_resumed_ends_with_the_same_weights(store, tmp_path):
 
 def test_runs_refuse_to_overwrite_to_resume_differently_or_to_mix_preprocessing(store, tmp_path):
     train_student(tiny_student(), store, tmp_path / "run", replace(CONFIG, epochs=1), progress=False)
-    with pytest.raises(ValueError, match="resume"):
+    with pytest.raises(InputError, match=r"exists: pass --resume \(resume=True in Python\)"):
         train_student(tiny_student(), store, tmp_path / "run", replace(CONFIG, epochs=1), progress=False)
     with pytest.raises(ValueError, match="lr"):
         train_student(tiny_student(), store, tmp_path / "run", replace(CONFIG, epochs=1, lr=0.5), resume=True,
                       progress=False)  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    with pytest.raises(InputError, match="nothing to resume"):
         train_student(tiny_student(), store, tmp_path / "new", CONFIG, resume=True, progress=False)
     other = tiny_student(pp=ImageTransform(image_size=SIZE, pixel_mean=(0.0, 0.0, 0.0)))
     with pytest.raises(ValueError, match="preprocess"):
         train_student(other, store, tmp_path / "other", CONFIG, progress=False)
+
+
+def test_a_damaged_store_is_refused_before_step_1_naming_shard_entry_and_image(store, tmp_path):
+    damaged = tmp_path / "emb"
+    shutil.copytree(store, damaged)
+    flip_a_byte(damaged / "shard_00000.bin", 3)
+    image = next(e.image for e in EmbeddingStore(damaged).entries if (e.shard, e.offset) == (0, 3))
+    with pytest.raises(InputError) as err:
+        train_student(tiny_student(), damaged, tmp_path / "run", CONFIG, progress=False)
+    expected = f"{damaged / 'shard_00000.bin'}, entry 3 (image {image}) fails its CRC32 checksum"
+    assert expected in str(err.value)
+    assert list((tmp_path / "run").iterdir()) == []  # no step was taken, nothing written
+
+
+def test_verify_false_starts_without_reading_the_store_first(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(EmbeddingStore, "verify", lambda *a, **k: pytest.fail("the store was verified"))
+    train_student(tiny_student(), store, tmp_path / "run", replace(CONFIG, epochs=1), progress=False,
+                  verify=False)  # fmt: skip
+    assert (tmp_path / "run" / "last.pt").is_file()
 
 
 def test_data_order_and_learning_rate_schedule():
@@ -159,8 +180,11 @@ def test_cli_embeds_trains_resumes_and_evaluates_by_registry_name(tmp_path, monk
              "--batch-size", "2", *common]  # fmt: skip
     assert _cli(train) == 0
     assert _cli([*train, "--resume"]) == 0  # a finished run resumes to itself
-    with pytest.raises(ValueError, match="resume"):
+    with pytest.raises(InputError, match="--resume"):
         _cli(train)
+    with monkeypatch.context() as patch:
+        patch.setattr(EmbeddingStore, "verify", lambda *a, **k: pytest.fail("the store was verified"))
+        assert _cli([*train, "--resume", "--skip-verify"]) == 0
     capsys.readouterr()
     assert _cli(["eval", "miou", "--teacher", "tiny_teacher", "--teacher-checkpoint", str(teacher_pt),
                  "--student", str(tmp_path / "run" / "last.pt"), "--images", str(tmp_path / "images"),

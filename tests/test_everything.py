@@ -1,8 +1,12 @@
-"""Segment everything: box prompts, folder runs (JSON, overlays, summary, resume, corrupt images), CLI."""
+"""Segment everything: box prompts, folder runs (JSON, overlays, summary, resume, corrupt images, runs
+sharing a folder), CLI."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +16,10 @@ from PIL import Image
 import litesam
 from litesam import Predictor
 from litesam.cli import main
-from litesam.everything import ImageJob, boxes_for, find_images, read_boxes, segmentation_mask
+from litesam.errors import InputError
+from litesam.everything import boxes_for, read_boxes, segment_everything, segmentation_mask
 from litesam.utils.amg import masks_to_boxes
+from litesam.utils.io import ImageJob, find_images
 
 # Settings that keep every decoded mask of the random-weight tiny model (no score filtering).
 KEEP_ALL = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
@@ -65,7 +71,7 @@ def test_find_images_names_outputs_and_keeps_clashing_suffixes(tmp_path):
     assert [j.name for j in find_images([tmp_path], recursive=True, exclude=tmp_path / "sub")] == [
         "a_jpg", "a_png", "b", "summary_png",
     ]  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(InputError, match="no such file or folder"):
         find_images([tmp_path / "missing"])
 
 
@@ -91,12 +97,17 @@ def test_read_boxes_takes_xyxy_lists_coco_detections_and_per_image_maps(tmp_path
         ("[[5, 5, 1, 1]]", "negative width or height"),
         ('"boxes"', "got str"),
         ("[[1, 2,", "cannot read boxes"),
+        ("[[0, 0, 5, 5], [NaN, 1, 2, 3]]", "item 1 .* NaN or infinite"),
+        ('[{"bbox": [0, 0, Infinity, 3]}]', "item 0 .* NaN or infinite"),
+        ("[[0, 0, 5, 1e999]]", "NaN or infinite"),
+        ("[]", "holds no boxes"),
+        ("{}", "holds no boxes"),
     ],
 )
 def test_bad_boxes_files_get_a_clear_error(tmp_path, text, message):
     path = tmp_path / "boxes.json"
     path.write_text(text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         read_boxes(path)
 
 
@@ -177,7 +188,7 @@ def test_second_run_skips_done_images_and_overwrite_redoes_them(tmp_path, folder
     assert len(counted) == 3
 
 
-def test_boxes_file_on_the_command_line(tmp_path, folder, counted):
+def test_boxes_file_on_the_command_line(tmp_path, folder, counted, capsys):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"one.jpg": [{"bbox": [5, 5, 30, 20]}, {"bbox": [40, 10, 30, 40]}]}))
     out = tmp_path / "out"
@@ -187,6 +198,24 @@ def test_boxes_file_on_the_command_line(tmp_path, folder, counted):
     assert sorted(a["point_coords"] for a in doc["annotations"]) == [[[20, 15]], [[55, 30]]]  # box centres
     boxes.write_text('[{"bbox": [1, 2]}]')
     assert main(argv) == 2  # a malformed boxes file stops before any work
+    boxes.write_text("[[NaN, 0, 10, 10]]")
+    assert main(argv) == 2
+    assert "item 0 ([nan, 0, 10, 10]) has a NaN or infinite coordinate" in capsys.readouterr().err
+
+
+def test_an_image_without_boxes_gets_an_empty_result_and_a_note(tmp_path, folder, counted, capsys):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"one.jpg": [], "two.png": [[5, 5, 30, 20]]}))
+    out = tmp_path / "out"
+    argv = ["everything", str(folder / "one.jpg"), str(folder / "two.png"), "-o", str(out), *GRID]
+    assert main([*argv, "--boxes", str(boxes)]) == 0
+    assert json.loads((out / "one.json").read_text())["annotations"] == []
+    assert len(json.loads((out / "two.json").read_text())["annotations"]) == 1
+    assert len(counted) == 1  # the model does not run for an image without boxes
+    assert f"note: no boxes for {folder / 'one.jpg'}, empty result written" in capsys.readouterr().err
+    boxes.write_text("[]")
+    assert main([*argv, "--boxes", str(boxes)]) == 2
+    assert f"{boxes} holds no boxes: nothing to segment" in capsys.readouterr().err
 
 
 def test_uncompressed_rle_output_mode(tmp_path, folder, counted):
@@ -208,6 +237,120 @@ def test_uncompressed_rle_output_mode(tmp_path, folder, counted):
     ann = json.loads((out / "one.json").read_text())["annotations"][0]
     assert isinstance(ann["segmentation"]["counts"], list)
     assert segmentation_mask(ann["segmentation"]).sum() == ann["area"]
+
+
+PROC = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        pytest.param(lambda tmp: tmp / "photos" / "one.jpg", id="an existing file"),
+        pytest.param(lambda tmp: tmp / "photos" / "one.jpg" / "out", id="under a file"),
+        pytest.param(lambda tmp: "/proc/litesam-out", id="no folder can be made", marks=PROC),
+        pytest.param(lambda tmp: "/proc/self", id="no file can be made", marks=PROC),
+    ],
+)
+def test_an_unwritable_output_is_refused_before_the_model_is_built(
+    tmp_path, folder, monkeypatch, capsys, output
+):
+    out = output(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr(litesam, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    assert main(["everything", str(folder), "-o", str(out), *GRID]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("litesam everything: error: ") and str(out) in err and err.count("\n") == 1
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_output_that_cannot_be_written_midway_stops_the_run_with_one_line(
+    tmp_path, folder, counted, capsys
+):
+    out = tmp_path / "out"
+    (out / "one_overlay.png").mkdir(parents=True)  # a folder in the way of one.jpg's overlay
+    argv = ["everything", str(folder / "one.jpg"), str(folder / "two.png"), "-o", str(out), *GRID]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"litesam everything: error: cannot write {out / 'one_overlay.png'}: ")
+    assert err.count("\n") == 1
+    assert len(counted) == 1  # two.png was not tried
+    assert sorted(p.name for p in out.iterdir()) == ["one_overlay.png"]  # no JSON, lock or temporary file
+
+
+ROOT = Path(litesam.__file__).parents[1]
+TAKE_LOCK_AND_WAIT = (
+    "import sys, time\n"
+    "from litesam.utils.io import try_lock\n"
+    "assert try_lock(sys.argv[1])\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.fixture()
+def other_run():
+    """``start(lock)``: another process that takes the lock file and keeps running, as a second
+    ``litesam everything`` at work on that image; it is killed (as by kill -9) with ``.kill()`` or at the end
+    of the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(lock: Path) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-c", TAKE_LOCK_AND_WAIT, str(lock)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        started.append(process)
+        assert process.stdout.readline() == "locked\n"
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def test_an_image_locked_by_a_live_run_is_left_to_it_and_a_killed_runs_lock_is_taken_over(
+    tmp_path, folder, counted, capsys, other_run
+):
+    out = tmp_path / "out"
+    lock = out / "one.json.lock"
+    out.mkdir()
+    other = other_run(lock)
+    argv = ["everything", str(folder / "one.jpg"), str(folder / "two.png"), "-o", str(out), *GRID]
+    assert main(argv) == 0
+    assert len(counted) == 1 and not (out / "one.json").exists() and (out / "two.json").exists()
+    assert lock.exists() and not (out / "two.json.lock").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary["results"]] == ["in progress elsewhere", "done"]
+    assert (summary["in_progress_elsewhere"], summary["done"], summary["in_folder"]) == (1, 1, ["two"])
+    assert "0 done and 1 in progress by another run" in capsys.readouterr().out
+
+    other.kill()
+    other.wait()
+    assert main(argv) == 0  # the lock of the dead run is taken over
+    assert len(counted) == 2 and (out / "one.json").exists() and not lock.exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary["results"]] == ["done", "skipped"]
+    assert summary["in_folder"] == ["one", "two"]
+
+
+def test_the_summary_shows_what_another_run_finished_meanwhile(tmp_path, folder, model, other_run):
+    out = tmp_path / "out"
+    out.mkdir()
+    other_run(out / "one.json.lock")
+
+    class OtherRunFinishesOneMeanwhile(litesam.MaskGenerator):
+        def generate(self, image, **kwargs):
+            Image.fromarray(photo(8, 8)).save(out / "one_overlay.png")
+            (out / "one.json").write_text("{}")
+            return super().generate(image, **kwargs)
+
+    generator = OtherRunFinishesOneMeanwhile(model, points_per_side=2, output_mode="coco_rle")
+    jobs = find_images([folder / "one.jpg", folder / "two.png"])
+    summary = segment_everything(generator, jobs, out, progress=False)
+    assert [r["status"] for r in summary["results"]] == ["done elsewhere", "done"]
+    assert (summary["done_elsewhere"], summary["in_progress_elsewhere"]) == (1, 0)
+    assert summary["in_folder"] == ["one", "two"]
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 @pytest.mark.parametrize("command", ["everything", "edges"])

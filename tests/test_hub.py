@@ -251,3 +251,58 @@ def test_cache_dir_default_and_override(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert hub.cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("LITESAM_HOME")
     assert hub.cache_dir() == Path.home() / ".cache" / "litesam"
+
+
+def test_without_a_checksum_a_part_file_is_never_resumed(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "model.pt"
+    part_of(dest).write_bytes(b"bytes of some other file, which nothing can tell apart")
+    fetch(server.url, dest, sha256=None)
+    assert server.seen_ranges == [None]  # restarted from zero, no Range request
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_without_a_checksum_an_interrupted_download_keeps_nothing(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "model.pt"
+    server.cut_after = 100_000
+    with pytest.raises(hub.DownloadError) as info:
+        fetch(server.url, dest, sha256=None)
+    assert not part_of(dest).exists() and not dest.exists()
+    assert "resume" not in str(info.value)
+
+
+def _a_file(tmp_path: Path) -> Path:
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file"
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+UNUSABLE_HOMES = {
+    "a file": _a_file,
+    "missing parent": lambda tmp: tmp / "no" / "cache",
+    "not writable (/proc)": lambda tmp: Path("/proc/litesam-cache"),
+    "read-only folder": _read_only_folder,
+}
+
+
+@pytest.mark.parametrize("kind", list(UNUSABLE_HOMES))
+def test_an_unusable_litesam_home_is_named_and_no_file_is_asked_to_be_saved_there(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    if kind == "read-only folder" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    home = UNUSABLE_HOMES[kind](tmp_path)
+    monkeypatch.setenv("LITESAM_HOME", str(home))
+    for offline in ("", "1"):
+        monkeypatch.setenv("LITESAM_OFFLINE", offline)
+        with pytest.raises(hub.DownloadError) as info:
+            hub.fetch_checkpoint("sam_vit_b", server.url, "model.pt", DIGEST)
+        message = str(info.value)
+        assert f"LITESAM_HOME={home} cannot hold downloads" in message and "--checkpoint PATH" in message
+        assert "save it as" not in message
+    assert server.seen_ranges == [] and not (tmp_path / "no").exists()

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 # A student given as a checkpoint path: the registry name saved under "meta" by `distill train`.
 _META_STUDENT = "student"
 
@@ -88,6 +90,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--images", help="images folder, if it moved since `distill embed`")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    train.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="start without checking every stored embedding's CRC32 first (each is still checked when read)",
+    )
     _add_train_options(train)
 
     tune = stages.add_parser(
@@ -136,10 +143,10 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def _images(folder: str) -> list[Path]:
-    from ..everything import find_images
+    from ..utils.io import find_images
 
     if not Path(folder).is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise InputError(f"image folder not found: {folder}")
     return [job.path for job in find_images([folder], recursive=True)]
 
 
@@ -164,15 +171,15 @@ def _teacher(args: argparse.Namespace, device: str, fuse: bool | None = None) ->
 
 def _student(args: argparse.Namespace, device: str) -> tuple[str, Any]:
     """(registry name, unfused model) of ``--student`` (a registry name or a checkpoint path)."""
-    import torch
-
     from ..build import build_model
+    from ..checkpoint import load_checkpoint
 
     if Path(args.student).is_file():
-        meta = torch.load(args.student, map_location="cpu", weights_only=True).get("meta", {})
+        saved = load_checkpoint(args.student)
+        meta = saved.get("meta", {}) if isinstance(saved, dict) else {}
         name = args.student_model or meta.get(_META_STUDENT)
         if name is None:
-            raise ValueError(f"{args.student} does not record its model: give --student-model NAME")
+            raise InputError(f"{args.student} does not record its model: give --student-model NAME")
         return name, build_model(name, checkpoint=args.student, device=device, fuse=False)
     return args.student, build_model(
         args.student, checkpoint=args.student_checkpoint, device=device, fuse=False
@@ -213,7 +220,7 @@ def _train(args: argparse.Namespace) -> int:
     path = train_student(
         student, args.embeddings, args.out, config, decoder_state=decoder, resume=args.resume,
         images=args.images, device=args.device, progress=not args.no_progress,
-        meta={_META_STUDENT: args.student, "teacher": store.teacher},
+        meta={_META_STUDENT: args.student, "teacher": store.teacher}, verify=not args.skip_verify,
     )  # fmt: skip
     print(f"student {args.student} written to {path}")
     return 0

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..everything import find_images
 from ..modeling.sam import Sam
 from ..utils.image import ImageError, load_image
+from ..utils.io import find_images, writable_folder
 from ..utils.transforms import ImageTransform
 
 FORMAT = "litesam-embeddings/1"
@@ -80,19 +80,30 @@ def _checksum(array: np.ndarray) -> int:
 
 
 def _read_index(root: Path) -> tuple[dict[str, Any] | None, list[Entry], int]:
-    """(header or None, entries, byte length of the complete lines) of ``root/index.jsonl``."""
+    """(header or None, entries, byte length of the complete lines) of ``root/index.jsonl``; a line that
+    is no header or entry is an :class:`InputError` naming the file and the line number."""
     path = root / INDEX
     if not path.is_file():
         return None, [], 0
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]  # a line without its newline was torn by a kill
-    lines = complete.decode().splitlines()
+    lines = complete.decode(errors="replace").splitlines()
     if not lines:
         return None, [], 0
-    header = json.loads(lines[0])
+    header = _index_line(path, 1, lines[0], dict)
     if header.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a litesam embedding index (format {header.get('format')!r})")
-    return header, [Entry(**json.loads(line)) for line in lines[1:]], len(complete)
+        raise InputError(f"{path}, line 1: not a {FORMAT} index header (format {header.get('format')!r})")
+    entries = [_index_line(path, n, line, Entry) for n, line in enumerate(lines[1:], 2)]
+    return header, entries, len(complete)
+
+
+def _index_line(path: Path, number: int, line: str, kind: Callable[..., Any]) -> Any:
+    """Line ``number`` of the index ``path`` as ``kind(**fields)`` of its JSON object; an InputError naming
+    the file and the line number if it is not one."""
+    try:
+        return kind(**json.loads(line))
+    except (ValueError, TypeError) as e:  # not JSON, not an object, missing or unknown fields
+        raise InputError(f"{path}, line {number}: not a valid index line ({e})") from e
 
 
 class EmbeddingStore:
@@ -102,7 +113,7 @@ class EmbeddingStore:
         self.root = Path(root)
         header, self.entries, _ = _read_index(self.root)
         if header is None:
-            raise FileNotFoundError(f"no embedding index in {self.root} (run `litesam distill embed` first)")
+            raise InputError(f"no embedding index in {self.root} (run `litesam distill embed` first)")
         self.header = header
         self.teacher: str = header["teacher"]
         self.transform = transform_from_json(header["preprocess"])
@@ -118,6 +129,11 @@ class EmbeddingStore:
         """Path of entry ``i``'s image, under ``images_root`` (default: the folder it was embedded from)."""
         return Path(images_root or self.images_root) / self.entries[i].image
 
+    @property
+    def shards(self) -> list[int]:
+        """The numbers of the shard files the index refers to."""
+        return sorted({e.shard for e in self.entries})
+
     def embedding(self, i: int) -> torch.Tensor:
         """Entry ``i`` as a float16 tensor of ``shape`` (e.g. 256x64x64); checksum verified."""
         entry = self.entries[i]
@@ -127,11 +143,44 @@ class EmbeddingStore:
             ).reshape(-1, *self.shape)
         array = np.array(self._maps[entry.shard][entry.offset])
         if _checksum(array) != entry.crc32:
-            raise ValueError(
-                f"embedding of {entry.image} in {self.root / _shard_name(entry.shard)} fails its checksum"
-                " (corrupt shard?)"
-            )
+            raise InputError(self._damaged(entry))
         return torch.from_numpy(array)
+
+    def verify(self, shards: Iterable[int] | None = None, progress: bool = False) -> None:
+        """Check that the shard files (``shards``, default all) hold every indexed entry with its CRC32,
+        reading one entry at a time (bounded memory, however large the store); the first damage found is
+        an :class:`InputError` naming the shard, the entry and its image."""
+        chosen = self.shards if shards is None else shards
+        by_shard: dict[int, list[Entry]] = {shard: [] for shard in chosen}
+        for entry in self.entries:
+            if entry.shard in by_shard:
+                by_shard[entry.shard].append(entry)
+        with tqdm(total=sum(map(len, by_shard.values())), desc="verify embeddings", unit="entry",
+                  disable=not progress, file=sys.stderr) as bar:  # fmt: skip
+            for shard, entries in sorted(by_shard.items()):
+                self._verify_shard(shard, sorted(entries, key=lambda e: e.offset))
+                bar.update(len(entries))
+
+    def _verify_shard(self, shard: int, entries: list[Entry]) -> None:
+        """Check one shard file: long enough for its ``entries`` (sorted by offset), each one's CRC32."""
+        path = self.root / _shard_name(shard)
+        entry_bytes = int(np.prod(self.shape)) * 2
+        needed = (entries[-1].offset + 1) * entry_bytes if entries else 0
+        size = path.stat().st_size if path.is_file() else -1
+        if size < needed:
+            found = "is missing" if size < 0 else f"has {size} bytes"
+            raise InputError(f"corrupt embedding store: {path} {found}, but its index needs {needed}")
+        with open(path, "rb") as f:
+            for entry in entries:
+                f.seek(entry.offset * entry_bytes)
+                if zlib.crc32(f.read(entry_bytes)) != entry.crc32:
+                    raise InputError(self._damaged(entry))
+
+    def _damaged(self, entry: Entry) -> str:
+        return (
+            f"corrupt embedding store: {self.root / _shard_name(entry.shard)}, entry {entry.offset}"
+            f" (image {entry.image}) fails its CRC32 checksum; embed the images again into a new folder"
+        )
 
     def check_transform(self, transform: ImageTransform, who: str) -> None:
         """Raise ValueError unless the store was made with preprocessing ``pp`` (that of ``who``)."""
@@ -173,14 +222,13 @@ class _Writer:
     """Appends embeddings to the shards and index of a store folder; repairs a killed run on opening."""
 
     def __init__(self, root: Path, header: dict[str, Any]) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.root = writable_folder(root)
         old, entries, length = _read_index(root)
         if old is not None:
             diff = {k: (old.get(k), v) for k, v in header.items() if old.get(k) != v and k != "shape"}
             if diff:
                 changes = "; ".join(f"{k}: store has {a!r}, now {b!r}" for k, (a, b) in diff.items())
-                raise ValueError(f"{root} holds embeddings made differently ({changes}); use another --out")
+                raise InputError(f"{root} holds embeddings made differently ({changes}); use another --out")
         self.header = old or header
         self.header_written = old is not None
         self.done = {e.image for e in entries}
@@ -202,7 +250,7 @@ class _Writer:
             elif "shape" in self.header:
                 size = counts[shard] * self._entry_bytes
                 if path.stat().st_size < size:
-                    raise ValueError(f"{path} is shorter than its index says: the store is corrupt")
+                    raise InputError(f"{path} is shorter than its index says: the store is corrupt")
                 os.truncate(path, size)
 
     @property
@@ -259,7 +307,7 @@ def embed_images(
     """
     root = Path(images).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise InputError(f"image folder not found: {root}")
     header = {
         "format": FORMAT,
         "teacher": teacher_name,

@@ -46,6 +46,7 @@ from ..modeling.sam import Sam
 from ..predictor import ImageState, Prediction, Predictor
 from ..prompts import Prompts
 from ..utils.image import ImageInput, load_image
+from ..utils.io import atomic_torch_save
 from ..utils.transforms import resized_shape
 from .evaluate import boxes_from_masks, sample_points
 
@@ -95,14 +96,6 @@ def decoder_loss(
         + DICE_WEIGHT * dice_loss(logits, target)
         + IOU_WEIGHT * F.mse_loss(iou_pred, actual.to(iou_pred.dtype))
     )
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path`` (never half
-    written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _teacher_targets(
@@ -206,7 +199,7 @@ def finetune_decoder(
                 rate = len(losses) / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.2f}")
             info = {**(meta or {}), "stage": "finetune-decoder", "epoch": epoch + 1, "steps": len(losses)}
-            save_atomic({"model": student.state_dict(), "meta": info}, path)
+            atomic_torch_save({"model": student.state_dict(), "meta": info}, path)
     finally:
         bar.close()
         for p, flag in trainable.items():

@@ -6,7 +6,8 @@ beyond resize + pad (as MobileSAM and RepViT-SAM): the targets are precomputed p
 cropped input would no longer match its target.
 
 The data order is a permutation drawn from ``(seed, epoch)`` alone, so a run is a pure function of its
-config and store; checkpoints (``run/last.pt``, atomic) hold the full SAM state_dict under ``"model"`` (the
+config and store. The store is verified (every entry's CRC32) before step 1 unless ``verify=False``.
+Checkpoints (``run/last.pt``, atomic) hold the full SAM state_dict under ``"model"`` (the
 student encoder + the teacher's prompt encoder and mask decoder, loadable by ``litesam.build_model``) plus
 optimizer, scheduler, step, epoch, position in the epoch and every rank's RNG state, so a killed run resumed
 with ``resume=True`` ends with the same weights as an uninterrupted one.
@@ -36,8 +37,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..everything import write_atomic
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..errors import InputError
 from ..modeling.sam import Sam
+from ..utils.io import atomic_torch_save, atomic_write_png, atomic_write_text, writable_folder
 from ..utils.transforms import ImageTransform
 from .embeddings import EmbeddingStore, prepare_image
 
@@ -126,16 +129,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save(obj: dict[str, Any], path: Path) -> None:
-    """torch.save through a temporary file, fsync'd, then os.replace: a kill never leaves half a file."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-    write_atomic(path, write)
+def _verify(store: EmbeddingStore, rank: int, world: int, device: torch.device, progress: bool) -> None:
+    """Every process checks its share of the store's shards before step 1; all stop if one found damage."""
+    error = None
+    try:
+        store.verify(store.shards[rank::world], progress=progress and rank == 0)
+    except InputError as e:
+        error = e
+    if world > 1:
+        damaged = torch.tensor([float(error is not None)], device=device)
+        dist.all_reduce(damaged)
+        if damaged.item() and error is None:
+            error = InputError(f"corrupt embedding store {store.root} (found by another process)")
+    if error is not None:
+        raise error
 
 
 def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> None:
@@ -152,7 +159,7 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> None:
         draw.line(xy if len(xy) > 1 else xy * 2, fill=(31, 119, 180), width=2)
         draw.text((margin, 10), f"MSE loss (log10 {l0:.2f} .. {l1:.2f}) vs step {s0}..{s1}", fill="black")
     draw.rectangle((margin, margin, width - margin, height - margin), outline="black")
-    write_atomic(path, lambda p: image.save(p, format="PNG"))
+    atomic_write_png(path, image)
 
 
 class _Logs:
@@ -186,8 +193,7 @@ class _Logs:
         if self.enabled:
             self.records += self.pending
             self.pending = []
-            text = "".join(json.dumps(r) + "\n" for r in self.records)
-            write_atomic(self.out / LOG, lambda p: p.write_text(text))
+            atomic_write_text(self.out / LOG, "".join(json.dumps(r) + "\n" for r in self.records))
             plot_loss_curve(self.records, self.out / CURVE)
             if self.board is not None:
                 self.board.flush()
@@ -204,6 +210,7 @@ def train_student(
     device: str | torch.device | None = None,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
+    verify: bool = True,
 ) -> Path:
     """Train ``student.image_encoder`` on the store ``embeddings``; returns the path of ``out/last.pt``.
 
@@ -211,18 +218,19 @@ def train_student(
     are loaded into the student (and so into every checkpoint). ``meta``: saved as is in the checkpoints
     (the CLI records the student's registry name there). ``images``: the images folder if it moved since
     embedding. ``resume``: continue from ``out/last.pt`` (the config must match the saved one except
-    ``save_every``/``num_workers``); without it an existing ``out/last.pt`` is an error. Under torchrun
+    ``save_every``/``num_workers``); without it an existing ``out/last.pt`` is an error. ``verify``: check
+    the store's entries against their CRC32s before step 1 (reads the whole store once). Under torchrun
     every process calls this; rank 0 writes.
     """
     rank, world, device = _distributed(device)
-    out = Path(out)
+    out = writable_folder(out)
     store = EmbeddingStore(embeddings)
     store.check_transform(student.transform, "the student")
     if config.batch_size % world:
-        raise ValueError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
+        raise InputError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
     steps_per_epoch = len(store) // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(store)} embeddings are fewer than one batch of {config.batch_size}")
+        raise InputError(f"{len(store)} embeddings are fewer than one batch of {config.batch_size}")
     total = steps_per_epoch * config.epochs
 
     if decoder_state is not None:
@@ -241,9 +249,14 @@ def train_student(
     if resume:
         step, epoch, position = _restore(path, student, optimizer, scheduler, config, rank, world)
     elif path.exists():
-        raise ValueError(f"{path} exists: pass resume to continue that run, or choose another folder")
+        raise InputError(
+            f"{path} exists: pass --resume (resume=True in Python) to continue that run, or choose another"
+            " output folder"
+        )
     else:
         torch.manual_seed(config.seed + rank)
+    if verify:
+        _verify(store, rank, world, device, progress)
     model = DistributedDataParallel(encoder) if world > 1 else encoder
     amp = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
     local = config.batch_size // world
@@ -269,7 +282,7 @@ def train_student(
                 "teacher": store.teacher,
                 "meta": dict(meta or {}),
             }
-            _save(state, path)
+            atomic_torch_save(state, path)
             logs.flush()
 
     bar = tqdm(total=total, initial=step, desc="distill", unit="step", disable=not progress or rank > 0,
@@ -326,15 +339,17 @@ def _restore(
 ) -> tuple[int, int, int]:
     """Load a checkpoint into the run's objects; (step, epoch, position) to continue from."""
     if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise InputError(f"nothing to resume: {path} does not exist")
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "config" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint written by `litesam distill train`")
     saved = {k: v for k, v in state["config"].items() if k not in _FREE_ON_RESUME}
     now = {k: v for k, v in asdict(config).items() if k not in _FREE_ON_RESUME}
     if saved != now or state["world_size"] != world:
         diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
         if state["world_size"] != world:
             diff["processes"] = (state["world_size"], world)
-        raise ValueError(f"cannot resume {path} exactly with changed settings (saved, now): {diff}")
+        raise InputError(f"cannot resume {path} exactly with changed settings (saved, now): {diff}")
     student.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import InputError
+
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image could not be read or has an unsupported layout."""
 
 
@@ -32,6 +34,8 @@ def load_image(image: ImageInput) -> np.ndarray:
 
 
 def _open(path: Path) -> Image.Image:
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise ImageError(f"image not found: {path}")
     try:
