@@ -19,7 +19,8 @@ from .candidates import OUTPUT_MODES, CropFrame, MaskCandidates
 from .errors import InputError
 from .modeling.sam import PromptableModel
 from .predictor import Prediction, Predictor
-from .prompt_sources import BoxSource, GridSource, PromptSource
+from .prompt_sources import BoxSource, Columns, GridSource, PromptSource
+from .prompts import Prompts
 from .utils.amg import (
     batched_nms,
     box_area,
@@ -148,8 +149,8 @@ class MaskGenerator:
         n_batches = sum(-(-len(p) // self.points_per_batch) for p, _ in prompts)
         with tqdm(total=n_batches, disable=not self.progress, desc="masks", unit="batch") as bar:
             parts = [
-                self._crop_candidates(rgb, frame, crop_prompts, points, source.multimask_output, bar.update)
-                for frame, (crop_prompts, points) in zip(frames, prompts, strict=True)
+                self._crop_candidates(rgb, frame, crop_prompts, columns, source.multimask_output, bar.update)
+                for frame, (crop_prompts, columns) in zip(frames, prompts, strict=True)
             ]
         candidates = MaskCandidates.concat(parts)
         if len(frames) > 1 and len(candidates):  # duplicates between crops: prefer masks from smaller crops
@@ -164,8 +165,8 @@ class MaskGenerator:
         self,
         rgb: np.ndarray,
         frame: CropFrame,
-        prompts: Any,
-        points: torch.Tensor,
+        prompts: Prompts,
+        columns: Columns,
         multimask_output: bool,
         on_batch: Callable[[], Any],
     ) -> MaskCandidates:
@@ -175,7 +176,7 @@ class MaskGenerator:
         for start in range(0, len(prompts), self.points_per_batch):
             part = slice(start, start + self.points_per_batch)
             prediction = self.predictor.decode(state, prompts[part], multimask_output)
-            parts.append(self.filter_masks(prediction, points[part], frame))
+            parts.append(self.filter_masks(prediction, {k: v[part] for k, v in columns.items()}, frame))
             on_batch()
         candidates = MaskCandidates.concat(parts)
         if not len(candidates):
@@ -188,9 +189,10 @@ class MaskGenerator:
         )
         return candidates.select(keep)
 
-    def filter_masks(self, prediction: Prediction, points: torch.Tensor, frame: CropFrame) -> MaskCandidates:
-        """B decoded prompts (M masks each) with their Bx2 record points (crop pixels) -> the masks passing
-        the IoU, stability and crop-edge filters, in the image frame, run-length encoded.
+    def filter_masks(self, prediction: Prediction, columns: Columns, frame: CropFrame) -> MaskCandidates:
+        """B decoded prompts (M masks each) with their per-prompt columns (B rows: ``points``, Bx2 crop
+        pixels, and any others) -> the masks passing the IoU, stability and crop-edge filters, in the
+        image frame, run-length encoded; each mask inherits its prompt's columns.
 
         The IoU filter runs first, on the low-res logits; only survivors are upsampled (in chunks) for
         the stability score, the thresholded mask and its box.
@@ -198,10 +200,11 @@ class MaskGenerator:
         per_prompt = prediction.low_res.shape[1]
         low_res = prediction.low_res.flatten(0, 1)
         iou_preds = prediction.scores.flatten(0, 1).cpu()
-        points = points.repeat_interleave(per_prompt, dim=0)
+        columns = {k: v.repeat_interleave(per_prompt, dim=0) for k, v in columns.items()}
         if self.pred_iou_thresh > 0.0:
             keep = iou_preds > self.pred_iou_thresh
-            low_res, iou_preds, points = low_res[keep.to(low_res.device)], iou_preds[keep], points[keep]
+            low_res, iou_preds = low_res[keep.to(low_res.device)], iou_preds[keep]
+            columns = {k: v[keep] for k, v in columns.items()}
         if low_res.shape[0] == 0:
             return MaskCandidates()
         threshold = self.predictor.mask_threshold
@@ -219,17 +222,16 @@ class MaskGenerator:
             stability.append(score)
         keep = torch.cat(passed)
         masks, stability = torch.cat(masks), torch.cat(stability)
-        iou_preds, points = iou_preds[keep], points[keep]
         h, w = frame.image_size
         boxes = masks_to_boxes(masks)
         inside = ~box_near_crop_edge(boxes, list(frame.box), [0, 0, w, h])
+        kept = {"iou_preds": iou_preds[keep], **{k: v[keep] for k, v in columns.items()}}
         return MaskCandidates.from_masks(
             masks[inside],
             frame,
             boxes[inside],
-            iou_preds=iou_preds[inside],
-            points=points[inside],
             stability=stability[inside],
+            **{k: v[inside] for k, v in kept.items()},
         )
 
     def remove_small_regions(self, candidates: MaskCandidates, image_size: tuple[int, int]) -> MaskCandidates:

@@ -17,6 +17,8 @@ from .errors import InputError
 from .prompts import Prompts
 from .utils.amg import build_layer_point_grids, generate_crop_boxes
 
+Columns = dict[str, torch.Tensor]
+
 
 class PromptSource(Protocol):
     """Prompts for segment-everything."""
@@ -27,8 +29,10 @@ class PromptSource(Protocol):
         """The crops of an (H, W) image to encode, the whole image first."""
         ...
 
-    def prompts(self, frame: CropFrame) -> tuple[Prompts, torch.Tensor]:
-        """K prompt sets in the crop's pixels, and the Kx2 float64 point (crop pixels) each record shows."""
+    def prompts(self, frame: CropFrame) -> tuple[Prompts, Columns]:
+        """K prompt sets in the crop's pixels, and per-prompt columns with K rows that every mask of the
+        prompt inherits: ``points`` (Kx2 float64 crop pixels, the point its records show) and any other
+        (e.g. a detector's ``det_score``), which the records carry as extra keys."""
         ...
 
 
@@ -82,11 +86,11 @@ class GridSource:
         boxes, layers = generate_crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
         return [CropFrame(tuple(box), image_size, layer) for box, layer in zip(boxes, layers, strict=True)]
 
-    def prompts(self, frame: CropFrame) -> tuple[Prompts, torch.Tensor]:
+    def prompts(self, frame: CropFrame) -> tuple[Prompts, Columns]:
         h, w = frame.size
         points = torch.from_numpy(self.point_grids[frame.layer] * np.array([[w, h]]))
         labels = torch.ones(len(points), 1, dtype=torch.int64)
-        return Prompts(points=points[:, None, :], labels=labels), points
+        return Prompts(points=points[:, None, :], labels=labels), {"points": points}
 
 
 class BoxSource:
@@ -113,9 +117,9 @@ class BoxSource:
         self._clipped(image_size)  # refuse boxes outside the image before anything is encoded
         return [CropFrame.whole(image_size)]
 
-    def prompts(self, frame: CropFrame) -> tuple[Prompts, torch.Tensor]:
+    def prompts(self, frame: CropFrame) -> tuple[Prompts, Columns]:
         boxes = self._clipped(frame.image_size)
-        return Prompts(boxes=boxes), (boxes[:, :2] + boxes[:, 2:]) / 2
+        return Prompts(boxes=boxes), {"points": (boxes[:, :2] + boxes[:, 2:]) / 2}
 
     def _clipped(self, image_size: tuple[int, int]) -> torch.Tensor:
         """Kx4 float64 boxes clipped to an (H, W) image."""

@@ -17,6 +17,7 @@ from torch import nn
 
 import litesam
 import litesam.modeling
+from litesam.candidates import CropFrame, MaskCandidates
 from litesam.utils.amg import (
     batched_nms,
     box_near_crop_edge,
@@ -339,3 +340,59 @@ def test_crops_and_progress_bar(model, capsys):
     assert crops <= {(0, 0, 96, 64)} | {tuple(b[:2] + [b[2] - b[0], b[3] - b[1]]) for b in
                                          generate_crop_boxes((64, 96), 1, 512 / 1500)[0]}  # fmt: skip
     assert "5/5" in capsys.readouterr().err  # 1 + 4 crops, one batch each
+
+
+# ---- prompt sources ------------------------------------------------------------------------------------
+
+
+class ScoredBoxes:
+    """A detector-like source: boxes with a score column of its own."""
+
+    multimask_output = False
+
+    def __init__(self, boxes: list[list[float]], scores: list[float]) -> None:
+        self.boxes, self.scores = torch.tensor(boxes, dtype=torch.float64), torch.tensor(scores)
+
+    def crops(self, image_size):
+        return [CropFrame.whole(image_size)]
+
+    def prompts(self, frame):
+        centres = (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
+        return litesam.Prompts(boxes=self.boxes), {"points": centres, "det_score": self.scores}
+
+
+def test_a_source_of_its_own_adds_a_column_that_reaches_the_records(model):
+    image = photo(60, 80)
+    source = ScoredBoxes([[5, 5, 40, 30], [30, 20, 75, 55]], [0.9, 0.25])
+    gen = litesam.MaskGenerator(model, box_nms_thresh=1.0, **KEEP_ALL)
+    records = gen.generate(image, source=source)
+    plain = gen.generate(image, boxes=source.boxes.numpy())
+    assert len(records) == len(plain) == 2
+    for record, reference in zip(records, plain, strict=True):
+        assert record.pop("det_score") in (pytest.approx(0.9), pytest.approx(0.25))
+        np.testing.assert_array_equal(record.pop("segmentation"), reference.pop("segmentation"))
+        assert record == reference
+
+
+def test_box_prompts_wholly_outside_the_image_are_refused(model):
+    gen = litesam.MaskGenerator(model, **KEEP_ALL)
+    with pytest.raises(litesam.InputError, match=r"box \(100, 5, 120, 30\) lies outside the image"):
+        gen.generate(photo(60, 80), boxes=[[10, 5, 30, 30], [100, 5, 120, 30]])
+    records = gen.generate(photo(60, 80), boxes=[[-10, -5, 30, 300]])  # partly outside: clipped
+    assert len(records) <= 1
+
+
+def test_candidates_select_and_concat_treat_every_column_alike():
+    masks = torch.zeros(3, 4, 5, dtype=torch.bool)
+    masks[0, 1:3, 1:4] = masks[1, 0, 0] = masks[2, 3, 4] = True
+    frame = CropFrame((2, 1, 7, 5), (8, 9))
+    cands = MaskCandidates.from_masks(masks, frame, points=torch.zeros(3, 2, dtype=torch.float64),
+                                      class_id=torch.tensor([4, 5, 6]))  # fmt: skip
+    assert cands["boxes"].tolist() == [[3, 2, 5, 3], [2, 1, 2, 1], [6, 4, 6, 4]]  # inclusive, image frame
+    picked = MaskCandidates.concat(
+        [cands.select(torch.tensor([2, 0])), MaskCandidates(), cands.select(torch.tensor([1]))]
+    )
+    assert picked["class_id"].tolist() == [6, 4, 5] and len(picked.rles) == 3
+    assert [r["class_id"] for r in picked.records((8, 9))] == [6, 4, 5]
+    with pytest.raises(ValueError, match="different columns"):
+        MaskCandidates.concat([cands, MaskCandidates.from_masks(masks, frame)])

@@ -130,3 +130,58 @@ def test_reset_image_forgets_the_embedding(predictor):
     assert not p.is_image_set
     with pytest.raises(RuntimeError):
         p.get_image_embedding()
+
+
+# ---- the stateless core: encode once, decode anywhere ------------------------------------------------
+
+
+def test_decode_on_an_encoded_state_equals_predict(predictor):
+    state = predictor.encode(photo(120, 160))
+    prediction = predictor.decode(state, litesam.Prompts.single([[80, 60]], [1], box=[10, 10, 100, 90]))
+    masks, scores, low_res = predictor.predict([[80, 60]], [1], box=[10, 10, 100, 90])
+    np.testing.assert_array_equal(prediction.low_res[0].numpy(), low_res)
+    np.testing.assert_array_equal(prediction.scores[0].numpy(), scores)
+    np.testing.assert_array_equal((prediction.logits()[0] > predictor.mask_threshold).numpy(), masks)
+
+
+def test_image_state_is_immutable(predictor):
+    state = predictor.encode(photo(120, 160))
+    with pytest.raises(TypeError):
+        state.features["image_embeddings"] = torch.zeros(1)
+    with pytest.raises(AttributeError):
+        state.original_size = (1, 1)
+    assert state.original_size == (120, 160) and state.input_size == (768, 1024)
+
+
+def test_one_model_serves_several_images_from_several_threads(predictor):
+    import concurrent.futures
+
+    images = [photo(120, 160, seed=s) for s in range(3)]
+    prompts = litesam.Prompts.single([[80, 60]], [1])
+    states = [predictor.encode(image) for image in images]
+    serial = [predictor.decode(state, prompts).low_res for state in states]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        parallel = list(pool.map(lambda s: predictor.decode(s, prompts).low_res, states * 2))
+    for i, low_res in enumerate(parallel):
+        torch.testing.assert_close(low_res, serial[i % 3], rtol=0, atol=0)
+    assert not torch.equal(serial[0], serial[1])  # the states really are different images
+
+
+def test_decode_refuses_prompts_outside_the_state_image(predictor):
+    state = predictor.encode(photo(50, 40))
+    with pytest.raises(litesam.InputError, match="outside the image"):
+        predictor.decode(state, litesam.Prompts.single([[45, 10]], [1]))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5])
+def test_predict_batch_refuses_a_batch_size_below_one(predictor, batch_size):
+    with pytest.raises(litesam.InputError, match="batch size"):
+        predictor.predict_batch(boxes=[[10, 10, 50, 50]], batch_size=batch_size)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_mask_input_with_nan_or_inf_is_refused(predictor, bad):
+    mask = np.zeros((1, 256, 256), np.float32)
+    mask[0, 3, 4] = bad
+    with pytest.raises(litesam.InputError, match="mask_input contains NaN"):
+        predictor.predict([[80, 60]], [1], mask_input=mask)
