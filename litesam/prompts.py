@@ -1,8 +1,8 @@
 """``Prompts``: a batch of B prompt sets for one image (points, boxes, a previous mask), checked once.
 
-The same type travels in two frames: users and :meth:`litesam.Predictor.decode` give pixels of the
-original image; :meth:`litesam.utils.transforms.ImageTransform.apply_prompts`-style mapping (done by the
-predictor, in one place) turns them into the model's prompt frame for ``model.decode``.
+The same type travels in two frames: users and :meth:`litesam.Predictor.decode` take pixels of the
+original image; :meth:`litesam.utils.transforms.ImageTransform.apply_prompts` (called by the predictor,
+the one place prompts change frames) turns them into the model's prompt frame for ``model.decode``.
 """
 
 from __future__ import annotations
