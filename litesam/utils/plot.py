@@ -53,11 +53,11 @@ def chart(
     for t in _ticks(x0, x1):
         px, py = at(t, y0)
         draw.line((px, py, px, py + 4), fill="black")
-        draw.text((px - 12, py + 6), f"{t:.3g}", fill="black")
+        draw.text((px - 12, py + 6), f"{t:.4g}", fill="black")
     for t in _ticks(y0, y1):
         px, py = at(x0, t)
         draw.line((px - 4, py, px, py), fill="black")
-        draw.text((px - 40, py - 6), f"{t:.3g}", fill="black")
+        draw.text((px - 40, py - 6), f"{t:.4g}", fill="black")
     draw.text((left, 12), title, fill="black")
     draw.text(((left + width - right) / 2 - 3 * len(x_label), height - 24), x_label, fill="black")
     draw.text((6, top - 16), y_label, fill="black")
