@@ -14,6 +14,7 @@ from PIL import Image
 from . import __version__
 from .distill.cli import add_parsers as add_distill_parsers
 from .errors import InputError, LitesamError, OutputError
+from .evaluation.cli import add_parser as add_eval_parser
 
 
 def _numbers(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_everything_parser(sub)
     _add_edges_parser(sub)
     add_distill_parsers(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -197,10 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     printed as one line and gives exit status 2, anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     from .distill.cli import COMMANDS as DISTILL_COMMANDS
+    from .evaluation.cli import run as run_eval
 
     commands = {"segment": _segment, "models": _models, "download": _download}
     commands.update(everything=_everything, edges=_edges)
-    commands.update(DISTILL_COMMANDS)
+    commands.update(DISTILL_COMMANDS, eval=run_eval)
     try:
         return commands[args.command](args)
     except LitesamError as e:

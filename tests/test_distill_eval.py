@@ -10,6 +10,8 @@ from helpers import photo, tiny_sam
 from PIL import Image
 
 from litesam.distill.evaluate import boxes_from_masks, evaluate_miou, mask_iou, sample_points
+from litesam.evaluation.resume import ResultLog
+from litesam.predictor import Predictor
 from litesam.utils.image import ImageError
 
 
@@ -100,3 +102,16 @@ def test_bad_inputs_are_refused(teacher, tmp_path):
         evaluate_miou(teacher, teacher, [])
     with pytest.raises(ImageError, match="not found"):
         evaluate_miou(teacher, teacher, [tmp_path / "missing.jpg"])
+
+
+def test_a_rerun_with_a_result_log_continues_without_redoing_images(teacher, images, tmp_path, monkeypatch):
+    header = {"protocol": "miou", "seed": 0}
+    first = evaluate_miou(
+        teacher, teacher, images[:1], num_points=2, log=ResultLog(tmp_path / "l.jsonl", header)
+    )
+    calls = []
+    monkeypatch.setattr(Predictor, "set_image", lambda self, image, *a: calls.append(image) or None)
+    with pytest.raises(Exception):  # noqa: B017 - the stubbed predictor cannot decode: image 2 was attempted
+        evaluate_miou(teacher, teacher, images, num_points=2, log=ResultLog(tmp_path / "l.jsonl", header))
+    assert len(calls) == 2  # teacher and student set image 2 only; image 1 came from the log
+    assert first.images[0].point_ious == (1.0, 1.0)

@@ -21,6 +21,8 @@ from litesam.distill.cli import COMMANDS, add_parsers
 from litesam.distill.embeddings import EmbeddingStore, embed_images
 from litesam.distill.train import TrainConfig, epoch_order, lr_factor, train_student
 from litesam.errors import InputError
+from litesam.evaluation.cli import add_parser as add_eval_parser
+from litesam.evaluation.cli import run as run_eval
 from litesam.prompts import Prompts
 from litesam.registry import ModelSpec
 from litesam.utils.transforms import ImageTransform
@@ -155,11 +157,17 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(store, 
     assert losses == pytest.approx([r["loss"] for r in log_steps(tmp_path / "one")], rel=1e-4)
 
 
-def _cli(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return COMMANDS[args.command](args)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    add_eval_parser(sub)
+    return parser
+
+
+def _cli(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return {**COMMANDS, "eval": run_eval}[args.command](args)
 
 
 def test_cli_embeds_trains_resumes_and_evaluates_by_registry_name(tmp_path, monkeypatch, capsys):
@@ -200,8 +208,7 @@ def test_cli_embeds_trains_resumes_and_evaluates_by_registry_name(tmp_path, monk
 
 
 def test_cli_registers_every_stage():
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command", required=True))
+    parser = _parser()
     for argv in (["distill", "embed", "--teacher", "t", "--images", "i", "--out", "o"],
                  ["distill", "train", "--student", "s", "--embeddings", "e", "--out", "o"],
                  ["distill", "finetune-decoder", "--student", "s", "--teacher", "t", "--images", "i",

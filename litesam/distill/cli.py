@@ -1,4 +1,5 @@
-"""``litesam distill embed|train|finetune-decoder`` and ``litesam eval miou``: the distillation commands.
+"""``litesam distill embed|train|finetune-decoder``: the distillation commands (and the model options of
+``litesam eval miou``, whose command lives in :mod:`litesam.evaluation.cli`).
 
 Registered on the main parser by :func:`add_parsers`; :data:`COMMANDS` maps the top-level command names to
 their handlers (``args -> exit status``). Models are registry names; a student may also be given as a
@@ -8,8 +9,6 @@ checkpoint written by ``distill train`` (its model name is recorded there) or wi
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ def _add_teacher_args(p: argparse.ArgumentParser, required: bool = True) -> None
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``distill`` (with ``embed``, ``train``, ``finetune-decoder``) and ``eval`` (``miou``)."""
+    """Register ``distill`` (with ``embed``, ``train``, ``finetune-decoder``)."""
     distill = sub.add_parser(
         "distill",
         help="train a light encoder from a SAM teacher (decoupled distillation)",
@@ -118,22 +117,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--workers", type=int, default=4, help="image loading processes (default 4)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    evaluate = sub.add_parser("eval", help="evaluate a distilled student", description="Evaluate a student.")
-    checks = evaluate.add_subparsers(dest="check", required=True, metavar="CHECK")
-    miou = checks.add_parser(
-        "miou",
-        help="teacher-student mask IoU (MobileSAM paper protocol)",
-        description="Masks of teacher and student for the same random point prompts (and boxes) on every"
-        " image under --images; prints the per-image table and the mean IoU.",
-    )
-    _add_teacher_args(miou)
-    _add_student_args(miou)
-    miou.add_argument("--images", required=True, help="folder of images")
-    miou.add_argument("--num-points", type=int, default=10, help="point prompts per image (default 10)")
-    miou.add_argument("--no-boxes", action="store_true", help="no box prompts")
-    miou.add_argument("--seed", type=int, default=0, help="seed of the prompts")
-    miou.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    miou.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+def add_miou_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``litesam eval miou`` that name the models, images and prompts."""
+    _add_teacher_args(p)
+    _add_student_args(p)
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--num-points", type=int, default=10, help="point prompts per image (default 10)")
+    p.add_argument("--no-boxes", action="store_true", help="no box prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompts")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -241,25 +234,21 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _miou(args: argparse.Namespace) -> int:
+def miou_report(args: argparse.Namespace, log: Any = None, progress: bool = False) -> Any:
+    """The :class:`~.evaluate.MiouReport` of ``litesam eval miou``'s arguments (resuming from ``log``)."""
     from .evaluate import evaluate_miou
 
     device = _device(args)
+    images = _images(args.images)  # before the models: a wrong folder fails in a second
     teacher = _teacher(args, device)
-    report = evaluate_miou(
-        teacher, _student(args, device)[1], _images(args.images), num_points=args.num_points,
-        boxes=not args.no_boxes, seed=args.seed,
+    return evaluate_miou(
+        teacher, _student(args, device)[1], images, num_points=args.num_points, boxes=not args.no_boxes,
+        seed=args.seed, progress=progress, log=log,
     )  # fmt: skip
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=1))
-    else:
-        print(report.table())
-        print(f"mIoU {report.miou:.4f} over {len(report.images)} image(s)", file=sys.stderr)
-    return 0
 
 
 def _distill(args: argparse.Namespace) -> int:
     return {"embed": _embed, "train": _train, "finetune-decoder": _finetune}[args.stage](args)
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"distill": _distill, "eval": _miou}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"distill": _distill}

@@ -1,6 +1,7 @@
 """mIoU of a student against its teacher, as in the MobileSAM paper: how often the two give the same mask.
 
-``evaluate_miou(teacher, student, images, num_points=10, boxes=True, seed=0, progress=False) -> MiouReport``
+``evaluate_miou(teacher, student, images, num_points=10, boxes=True, seed=0, progress=False, log=None)
+-> MiouReport`` (``log``: a :class:`~litesam.evaluation.resume.ResultLog` to resume from and append to)
 
 - ``teacher``, ``student``: :class:`~litesam.modeling.Sam` models (any of the zoo, or a tiny test model).
 - ``images``: image paths (or arrays / PIL images, anything :func:`~litesam.utils.image.load_image` reads).
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..evaluation.resume import ResultLog
 from ..modeling.sam import Sam
 from ..predictor import Predictor
 from ..utils.image import ImageInput, load_image
@@ -157,8 +159,12 @@ def evaluate_miou(
     boxes: bool = True,
     seed: int = 0,
     progress: bool = False,
+    log: ResultLog | None = None,
 ) -> MiouReport:
-    """Teacher-student mIoU over ``images`` for shared random point (and derived box) prompts."""
+    """Teacher-student mIoU over ``images`` for shared random point (and derived box) prompts.
+
+    Images already in ``log`` (by :func:`image_name`) are not redone; each finished image is added to it.
+    """
     if num_points < 1:
         raise ValueError(f"num_points must be at least 1, got {num_points}")
     if not images:
@@ -166,6 +172,10 @@ def evaluate_miou(
     ref, pred = Predictor(teacher), Predictor(student)
     scores = []
     for index, image in enumerate(tqdm(images, desc="mIoU", unit="image", disable=not progress)):
+        name = image_name(image, index)
+        if log is not None and name in log:
+            scores.append(ImageScore(name, *map(tuple, log.results[name])))
+            continue
         rgb = load_image(image)
         ref.set_image(rgb)
         pred.set_image(rgb)
@@ -179,7 +189,7 @@ def evaluate_miou(
             box_ious = mask_iou(
                 ref.predict_batch(boxes=box_prompts)[0][:, 0], pred.predict_batch(boxes=box_prompts)[0][:, 0]
             )
-        scores.append(
-            ImageScore(image_name(image, index), tuple(point_ious.tolist()), tuple(box_ious.tolist()))
-        )
+        scores.append(ImageScore(name, tuple(point_ious.tolist()), tuple(box_ious.tolist())))
+        if log is not None:
+            log.add(name, [scores[-1].point_ious, scores[-1].box_ious])
     return MiouReport(tuple(scores), num_points, boxes, seed)
