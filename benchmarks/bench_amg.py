@@ -24,12 +24,14 @@ import torch
 from common import REPO, SHARED_IMAGE, import_official
 
 import litesam
+from litesam.build import prepare_for_inference
 from litesam.utils.amg import rle_to_mask
 from litesam.utils.image import load_image
 
 
 def identical_models():
-    """(official mobile_sam Sam, litesam Sam) with the same weights, both in eval mode."""
+    """(official mobile_sam Sam, litesam Sam) with the same weights, both in eval mode; ours prepared for
+    inference as ``build_model(name, checkpoint)`` returns it (BatchNorms folded, fast mask upscaling)."""
     official_pkg = import_official("mobile_sam")
     official = official_pkg.sam_model_registry["vit_t"]()
     ours = litesam.build_model("mobile_sam")
@@ -39,7 +41,8 @@ def identical_models():
     if fixtures_available():
         fill_parity_weights(ours)
     official.load_state_dict(ours.state_dict(), strict=True)
-    return official_pkg, official.eval(), ours.eval()  # eval() again: TinyViT caches attention biases
+    # official.eval() again: its TinyViT caches attention biases
+    return official_pkg, official.eval(), prepare_for_inference(ours)
 
 
 def match(ours: list[dict], theirs: list[dict]) -> tuple[bool, float]:

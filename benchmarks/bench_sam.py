@@ -16,6 +16,7 @@ from common import SHARED_IMAGE, import_official, interleaved, matmul_gflops
 
 import litesam
 import litesam.utils.image
+from litesam.build import prepare_for_inference
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
     official = sa.sam_model_registry[args.model.removeprefix("sam_")]().eval()
     ours = litesam.build_model(args.model)
     ours.load_state_dict(official.state_dict(), strict=True)
+    prepare_for_inference(ours)  # as build_model(name, checkpoint) returns it (fast mask upscaling)
 
     image = np.asarray(litesam.utils.image.load_image(SHARED_IMAGE)) if SHARED_IMAGE.exists() else None
     if image is None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from .checkpoint import load_into, read_state_dict
 from .modeling.fuse import fuse_modules
+from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import PromptableModel
 from .registry import get_spec
 
@@ -26,9 +27,10 @@ def build_model(
 
     ``checkpoint``: a file path, or ``"auto"`` to use the official file from the cache (downloading it
     if needed); loaded strictly. With no checkpoint the weights are random.
-    ``fuse``: prepare for inference: fold BatchNorms and re-parameterisable branches into single
-    convolutions and switch convolutions to channels-last memory (same outputs to float rounding,
-    10-20% faster on CPU; the state_dict then no longer has the official keys). Default: fuse exactly
+    ``fuse``: prepare for inference (:func:`prepare_for_inference`): fold BatchNorms and
+    re-parameterisable branches into single convolutions, switch convolutions to channels-last memory
+    and the mask decoder to its fast upscaling (same outputs to float rounding, 10-20% faster on CPU;
+    the state_dict then no longer has the official keys). Default: fuse exactly
     when a checkpoint was loaded — pass ``fuse=False`` to train or fine-tune.
     ``options``: the model's options (``get_spec(name).options``), e.g. ``multimask_outputs=4`` for EdgeSAM.
     """
@@ -51,7 +53,11 @@ def build_model(
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """In place: fold BatchNorms / re-parameterisable branches and use channels-last convolutions."""
+    """In place: fold BatchNorms / re-parameterisable branches, use channels-last convolutions and the
+    mask decoders' fast upscaling (``MaskDecoder.fast_upscaling``)."""
     fuse_modules(model.eval()).to(memory_format=torch.channels_last)
     model.channels_last = True
+    for module in model.modules():
+        if isinstance(module, MaskDecoder):
+            module.fast_upscaling = True
     return model

@@ -22,6 +22,7 @@ from test_repvit_sam import assert_fuse_is_exact
 
 import litesam
 from litesam.modeling.edge_sam import EdgeSam, EdgeSamEncoder
+from litesam.modeling.fuse import fuse_modules
 from litesam.utils.masks import stability_score
 
 
@@ -45,7 +46,7 @@ def test_encoder_reproduces_official_features_unfused_and_fused():
     with torch.no_grad():
         features = encoder(x)
         assert_allclose(features, fixture.features, fixture.tolerance["features_atol"], "features")
-        fused = encoder.fuse()(x)
+        fused = fuse_modules(encoder)(x)
     assert_allclose(fused, fixture.features, fixture.tolerance["features_atol"], "fused features")
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 import litesam
 from litesam.modeling.common import ConvBN
+from litesam.modeling.fuse import fuse_modules
 from litesam.modeling.tiny_vit import DropPath, MBConv, TinyViT, TinyViTBlock
 from litesam.utils.transforms import ImageTransform
 from litesam.zoo.mobile_sam import mobile_sam_encoder
@@ -79,7 +80,7 @@ def test_encoder_reproduces_official_features_unfused_and_fused(encoder):
     atol = fixture.tolerance["features_atol"]
     with torch.no_grad():
         assert_allclose(encoder(x), fixture.features, atol, "features")
-        assert_allclose(copy.deepcopy(encoder).fuse()(x), fixture.features, atol, "fused features")
+        assert_allclose(fuse_modules(copy.deepcopy(encoder))(x), fixture.features, atol, "fused features")
 
 
 def test_encoder_matches_the_live_official_tinyvit(encoder, official_mobile_sam):
@@ -98,7 +99,7 @@ def test_fuse_folds_every_batchnorm_and_computes_the_same_function():
     x = random_image(2, 3, 128, 128, dtype=torch.float64)
     with torch.no_grad():
         reference = model(x)
-        fused = model.fuse()
+        fused = fuse_modules(model)
         out = fused(x)
     assert fused is model
     assert not any(isinstance(m, (nn.BatchNorm2d, ConvBN)) for m in fused.modules())

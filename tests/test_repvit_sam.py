@@ -21,14 +21,14 @@ from fixture_cases import (
 from torch import nn
 
 import litesam
-from litesam.modeling.fuse import merge_parallel_convs
+from litesam.modeling.fuse import fuse_modules, merge_parallel_convs
 from litesam.modeling.repvit import RepDWConv, RepViTSamEncoder
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
 def assert_fuse_is_exact(encoder: nn.Module, size: int = 128) -> None:
-    """``encoder.fuse()`` leaves no BatchNorm or multi-branch block and computes the same function.
+    """``fuse_modules(encoder)`` leaves no BatchNorm or multi-branch block and computes the same function.
 
     Checked in float64 on a random 1x3xSxS input so only the algebra of the folding is tested, not
     float32 rounding (parity weights blow activations up to ~1e16 before the neck's LayerNorm).
@@ -38,7 +38,7 @@ def assert_fuse_is_exact(encoder: nn.Module, size: int = 128) -> None:
     with torch.no_grad():
         reference = encoder(x)
         modules_before = len(list(encoder.modules()))
-        fused = encoder.fuse()
+        fused = fuse_modules(encoder)
         out = fused(x)
     assert fused is encoder
     assert not any(isinstance(m, (nn.BatchNorm2d, RepDWConv)) for m in fused.modules())
@@ -66,7 +66,7 @@ def test_encoder_reproduces_official_features_unfused_and_fused():
     with torch.no_grad():
         features = encoder(x)
         assert_allclose(features, fixture.features, fixture.tolerance["features_atol"], "features")
-        fused = encoder.fuse()(x)
+        fused = fuse_modules(encoder)(x)
     assert_allclose(fused, fixture.features, fixture.tolerance["features_atol"], "fused features")
 
 

@@ -16,7 +16,6 @@ from ..prompts import Prompts
 from ..utils.masks import stability_score
 from ..utils.transforms import ImageTransform
 from .common import sam_neck
-from .fuse import fuse_modules
 from .repvit import RepViTConfig, build_features
 from .sam import Features, Sam
 
@@ -66,13 +65,6 @@ class EdgeSamEncoder(nn.Module):
             if index == self.stage2_index:
                 stage2 = x
         return self.neck(self.fuse_stage2(stage2) + self.fuse_stage3(x))
-
-    def fuse(self) -> EdgeSamEncoder:
-        """Fold every BatchNorm and re-parameterisable branch into single convs, in place (eval only).
-
-        The fused encoder no longer has the official state_dict keys: load weights first.
-        """
-        return fuse_modules(self)
 
 
 class EdgeSam(Sam):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,7 +13,26 @@ from .common import MLP, LayerNorm2d
 
 
 class MaskDecoder(nn.Module):
-    """Predict ``num_multimask_outputs + 1`` masks (4x the embedding resolution) and their IoU scores."""
+    """Predict ``num_multimask_outputs + 1`` masks (4x the embedding resolution) and their IoU scores.
+
+    :meth:`predict_masks` runs the learned output tokens and the prompt tokens through the two-way
+    transformer with the image, then hands the outputs to the heads. A subclass extends the decoder
+    (e.g. SAM-HQ's extra output token) by overriding two small hooks instead of forking it:
+
+    - :meth:`output_tokens` -> TxC, the learned tokens put before the prompt tokens: the IoU token, then
+      the ``num_mask_tokens`` mask tokens; a subclass appends its own after them.
+    - :meth:`heads` -> (masks, iou): the transformer's outputs at those T tokens, the image tokens, the
+      encoder's named ``features`` and ``keep`` -> the returned masks and scores. A subclass calls
+      ``super().heads(...)`` for SAM's masks and :meth:`upscale_masks` for its own.
+
+    Mask upscaling has two implementations with the same result: the reference (``output_upscaling``,
+    the checkpoint's transposed convolutions, then the hypernetwork product; exports to ONNX as is) and,
+    when ``fast_upscaling`` is set (:func:`litesam.build.prepare_for_inference` does), channels-last
+    GEMMs chunked over prompts.
+    """
+
+    fast_upscaling: bool = False  # inference path of upscale_masks (see _fast_upscale_masks)
+    upscale_chunk: int = 16  # prompts per fast upscaling step (bounds a 4H x 4W x C/8 float buffer each)
 
     def __init__(
         self,
@@ -25,7 +47,6 @@ class MaskDecoder(nn.Module):
         super().__init__()
         self.transformer_dim = transformer_dim
         self.transformer = transformer
-        self.num_multimask_outputs = num_multimask_outputs
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.num_mask_tokens = num_multimask_outputs + 1
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
@@ -40,26 +61,8 @@ class MaskDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
             for _ in range(self.num_mask_tokens)
         )
-        self.upscale_chunk = 16  # prompts per upscaling step (bounds a 4H x 4W x C/8 float buffer each)
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
-        )
-
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
-        sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
-        multimask_output: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns masks Bx(3 or 1)x4Hx4W and IoU predictions Bx(3 or 1).
-
-        image_embeddings: 1xCxHxW (shared by all prompts) or BxCxHxW; sparse: BxNxC; dense: (B or 1)xCxHxW.
-        """
-        keep = slice(1, None) if multimask_output else slice(0, 1)
-        return self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, keep
         )
 
     def predict_masks(
@@ -69,32 +72,62 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         keep: slice = slice(None),
-        features: object = None,
+        features: Mapping[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks (BxTx4Hx4W) and IoU predictions (BxT) of the mask tokens selected by ``keep`` (default all
-        ``num_mask_tokens``); unselected masks are never upscaled."""
+        """Masks BxKx4Hx4W and IoU predictions BxK of the mask tokens selected by ``keep`` (default all).
+
+        image_embeddings: 1xCxHxW (shared by all prompts) or BxCxHxW; image_pe: 1xCxHxW; sparse: BxNxC;
+        dense: 1xCxHxW or BxCxHxW. ``features``: the image encoder's named outputs, passed to :meth:`heads`.
+        """
         b = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = self.output_tokens()
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings + dense_prompt_embeddings  # batch 1 when shared by all prompts
         h, w = src.shape[-2:]
-
         hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
-        tokens_kept = range(self.num_mask_tokens)[keep]
-        hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i]) for i in tokens_kept], dim=1
-        )
-        masks = self._upscale_masks(src.expand(b, -1, -1), hyper_in, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)[:, keep]
+        image = src.expand(b, -1, -1).unflatten(1, (h, w))
+        return self.heads(hs[:, : len(output_tokens)], image, features, keep)
 
-    def _upscale_masks(self, src: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Image tokens BxHWxC and hypernetwork weights BxTxC/8 -> masks BxTx4Hx4W.
+    def output_tokens(self) -> torch.Tensor:
+        """The learned output tokens, TxC: the IoU token, then the ``num_mask_tokens`` mask tokens."""
+        return torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+
+    def heads(
+        self,
+        tokens: torch.Tensor,
+        image: torch.Tensor,
+        features: Mapping[str, Any] | None,
+        keep: slice,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transformer outputs -> masks BxKx4Hx4W and IoU predictions BxK of the mask tokens in ``keep``.
+
+        tokens: BxTxC at the :meth:`output_tokens` positions; image: BxHxWxC image tokens; ``features``
+        is unused here (a subclass's extra inputs). Only the kept masks are computed.
+        """
+        mask_tokens = tokens[:, 1 : 1 + self.num_mask_tokens]
+        hyper_in = torch.stack(
+            [self.output_hypernetworks_mlps[i](mask_tokens[:, i]) for i in range(self.num_mask_tokens)[keep]],
+            dim=1,
+        )
+        return self.upscale_masks(image, hyper_in), self.iou_prediction_head(tokens[:, 0])[:, keep]
+
+    def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        """Image tokens BxHxWxC and hypernetwork weights BxKxC/8 -> masks BxKx4Hx4W.
+
+        The reference: ``output_upscaling`` to BxC/8x4Hx4W, then one product per mask; with
+        ``fast_upscaling`` the same result from :meth:`_fast_upscale_masks`.
+        """
+        if self.fast_upscaling:
+            return self._fast_upscale_masks(image, hyper_in)
+        upscaled = self.output_upscaling(image.permute(0, 3, 1, 2))
+        return (hyper_in @ upscaled.flatten(2)).unflatten(2, upscaled.shape[-2:])
+
+    def _fast_upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        """:meth:`upscale_masks` for inference: image BxHxWxC, hyper_in BxKxC/8 -> masks BxKx4Hx4W.
 
         ``output_upscaling`` (two 2x2/stride-2 transposed convolutions with a channel LayerNorm and
         activations) only ever mixes channels within a pixel, so it runs as three GEMMs on channels-last
-        pixels kept in (y, x, sub-pixel...) order, with one small reordering of the T mask channels at the
+        pixels kept in (y, x, sub-pixel...) order, with one small reordering of the K mask channels at the
         end. Chunked over prompts to bound the size of the 4x upscaled intermediate.
         """
         conv1, norm, act1, conv2, act2 = self.output_upscaling
@@ -102,14 +135,15 @@ class MaskDecoder(nn.Module):
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)  # (C, ky kx C1)
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (C1, ky kx C2)
         b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
-        b, t = hyper_in.shape[:2]
+        b, h, w, c = image.shape
+        k = hyper_in.shape[1]
         out = []
         for start in range(0, b, self.upscale_chunk):
             part = slice(start, start + self.upscale_chunk)
-            x = torch.addmm(b1, src[part].reshape(-1, src.shape[-1]), w1).view(-1, h * w * 4, c1)
+            x = torch.addmm(b1, image[part].reshape(-1, c), w1).view(-1, h * w * 4, c1)
             x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
             x = act2(torch.addmm(b2, x.view(-1, c1), w2)).view(-1, h * w * 16, c2)
-            m = x @ hyper_in[part].transpose(1, 2)  # (b, H W ky1 kx1 ky2 kx2, T)
-            m = m.view(-1, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
-            out.append(m.reshape(-1, t, 4 * h, 4 * w))
+            m = x @ hyper_in[part].transpose(1, 2)  # (b, H W ky1 kx1 ky2 kx2, K)
+            m = m.view(-1, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+            out.append(m.reshape(-1, k, 4 * h, 4 * w))
         return torch.cat(out)

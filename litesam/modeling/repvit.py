@@ -6,7 +6,7 @@ stage but the first changes the width (depthwise conv with stride + 1x1 projecti
 use a re-parameterisable depthwise 3x3 + 1x1 + identity token mixer and, on every second block but the
 last of a stage, squeeze-and-excitation. Module names follow the official checkpoints
 (``features.N.token_mixer.0.conv.c.weight``, ``neck.0.weight``, ...). BatchNorms run in eval mode
-unfused, as in the official predictors; :meth:`RepViTSamEncoder.fuse` folds them for inference.
+unfused, as in the official predictors; :func:`~litesam.modeling.fuse.fuse_modules` folds them for inference.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .common import ConvBN, sam_neck
-from .fuse import fuse_conv_bn, fuse_modules, merge_parallel_convs
+from .fuse import fuse_conv_bn, merge_parallel_convs
 
 
 class RepDWConv(nn.Module):
@@ -166,10 +166,3 @@ class RepViTSamEncoder(nn.Module):
         for layer in self.features:
             x = layer(x)
         return self.neck(x)
-
-    def fuse(self) -> RepViTSamEncoder:
-        """Fold every BatchNorm and re-parameterisable branch into single convs, in place (eval only).
-
-        The fused encoder no longer has the official state_dict keys: load weights first.
-        """
-        return fuse_modules(self)

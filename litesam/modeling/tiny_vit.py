@@ -7,8 +7,8 @@ checkpoint carries but the encoder never uses.
 
 Activations are NCHW tensors in channels-last memory (much faster depthwise and 1x1 convs on CPU);
 the attention stages work on their NHWC view (a free ``permute``), where LayerNorm/Linear see
-contiguous channels. Call :meth:`TinyViT.fuse` after loading weights to fold every BatchNorm into its
-convolution for inference.
+contiguous channels. :func:`litesam.modeling.fuse.fuse_modules`, after loading weights, folds every
+BatchNorm into its convolution for inference.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import ConvBN, sam_neck
-from .fuse import fuse_modules
 from .image_encoder import window_partition, window_unpartition
 
 
@@ -241,10 +240,6 @@ class TinyViT(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.neck(x).contiguous()
-
-    def fuse(self) -> TinyViT:
-        """Fold every BatchNorm into its conv, in place (eval/inference only; changes state_dict keys)."""
-        return fuse_modules(self.eval())
 
 
 def _init_weights(module: nn.Module) -> None:

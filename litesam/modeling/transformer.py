@@ -14,7 +14,6 @@ class Attention(nn.Module):
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
-        self.embedding_dim = embedding_dim
         self.internal_dim = embedding_dim // downsample_rate
         self.num_heads = num_heads
         if self.internal_dim % num_heads:
@@ -92,10 +91,6 @@ class TwoWayTransformer(nn.Module):
         attention_downsample_rate: int = 2,
     ) -> None:
         super().__init__()
-        self.depth = depth
-        self.embedding_dim = embedding_dim
-        self.num_heads = num_heads
-        self.mlp_dim = mlp_dim
         self.layers = nn.ModuleList(
             TwoWayAttentionBlock(
                 embedding_dim, num_heads, mlp_dim, activation, attention_downsample_rate, i == 0
