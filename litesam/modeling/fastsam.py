@@ -66,7 +66,11 @@ class FastSAM(YOLOv8):
         return {"pred": out["pred"], "protos": out["protos"]}
 
     def instances(
-        self, features: Features, conf: float | None = None, iou: float | None = None, max_det: int | None = None
+        self,
+        features: Features,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
     ) -> Instances:
         """Everything masks of the image (``features`` from the predictor, with ``original_size``):
         score > conf, class-aware greedy NMS at ``iou`` (first ``max_det``), FastSAM's border snap and
@@ -158,13 +162,16 @@ def snap_to_full_input(boxes: torch.Tensor, in_h: int, in_w: int) -> torch.Tenso
     return snapped
 
 
-def scale_boxes(boxes: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+def scale_boxes(
+    boxes: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
     """Kx4 XYXY letterboxed-input pixels -> original pixels, clipped (ultralytics ``scale_boxes``)."""
     (in_h, in_w), (h, w) = input_size, original_size
     gain = min(in_h / h, in_w / w)
     pad_x, pad_y = round((in_w - w * gain) / 2 - 0.1), round((in_h - h * gain) / 2 - 0.1)
     out = (boxes - torch.tensor([pad_x, pad_y, pad_x, pad_y], dtype=boxes.dtype, device=boxes.device)) / gain
-    return torch.stack((out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)), 1)
+    x0, y0, x1, y1 = out.unbind(1)
+    return torch.stack((x0.clamp(0, w), y0.clamp(0, h), x1.clamp(0, w), y1.clamp(0, h)), 1)
 
 
 def assemble_masks(

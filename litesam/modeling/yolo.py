@@ -166,7 +166,8 @@ class Head(nn.Module):
         parts = [dist_to_xywh(self.dfl(box), anchors) * strides, cls.sigmoid()]
         if self.nm:
             out["protos"] = self.proto(feats[0])
-            parts.append(torch.cat([m(f).view(b, self.nm, -1) for f, m in zip(feats, self.cv4, strict=True)], 2))
+            coefs = [m(f).view(b, self.nm, -1) for f, m in zip(feats, self.cv4, strict=True)]
+            parts.append(torch.cat(coefs, 2))
         out["pred"] = torch.cat(parts, 1)
         return out
 

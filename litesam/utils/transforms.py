@@ -163,7 +163,9 @@ class ImageTransform:
         """(..., 2) (x, y) original pixels -> prompt-frame pixels, computed in float64 (an array or a
         tensor comes back as the same kind, float64)."""
         if self.resize == "letterbox":  # the prompt frame is the original image
-            return coords.to(torch.float64) if isinstance(coords, torch.Tensor) else np.asarray(coords, np.float64)
+            if isinstance(coords, torch.Tensor):
+                return coords.to(torch.float64)
+            return np.asarray(coords, dtype=np.float64)
         old_h, old_w = original_size
         if self.resize == "stretch":
             new_h = new_w = self.frame_size

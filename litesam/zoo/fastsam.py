@@ -29,7 +29,9 @@ def check_scale(scale: str, state: StateDict) -> StateDict:
     """The state_dict unchanged, or a CheckpointError naming the YOLOv8 scale the file really has."""
     found = yolo_scale_of(state)
     if found is not None and found != scale:
-        raise CheckpointError(f"this is a FastSAM-{found} (YOLOv8{found}-seg) checkpoint, not FastSAM-{scale}")
+        raise CheckpointError(
+            f"this is a FastSAM-{found} (YOLOv8{found}-seg) checkpoint, not FastSAM-{scale}"
+        )
     return state
 
 
