@@ -57,6 +57,10 @@ class MaskGenerator:
       then de-duplicate again.
     - ``output_mode``: ``"binary_mask"`` (HxW bool array), ``"uncompressed_rle"`` or ``"coco_rle"``.
     - ``progress``: show a progress bar over the decoded batches.
+    - ``**source_options``: settings of the model's own everything source, for models that offer one
+      (``model.everything_source``), which then replaces the grid: FastSAM's ``conf=0.4``, ``iou=0.9``,
+      ``max_det=300``. Masks of a source that segments by itself are kept as it gives them (only
+      ``min_mask_region_area`` applies).
 
     ``generate(image)`` returns one dict per mask: ``segmentation``, ``area`` (pixels), ``bbox`` (XYWH
     ints), ``predicted_iou``, ``point_coords`` ([[x, y]] pixels), ``stability_score``, ``crop_box`` (XYWH).
@@ -79,6 +83,7 @@ class MaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         progress: bool = False,
+        **source_options: Any,
     ) -> None:
         _check_int("points_per_batch", points_per_batch, 1)
         _check_int("crop_n_layers", crop_n_layers, 0)
@@ -109,6 +114,11 @@ class MaskGenerator:
         else:
             grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
             self.grid = GridSource(grids, crop_n_layers, crop_overlap_ratio)
+        self.default_source: PromptSource | None = None
+        if callable(getattr(model, "everything_source", None)):
+            self.default_source = model.everything_source(**source_options)
+        elif source_options:
+            raise InputError(f"unexpected keyword arguments: {', '.join(sorted(source_options))}")
         self.predictor = Predictor(model)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -136,7 +146,9 @@ class MaskGenerator:
             raise InputError("give boxes or a prompt source, not both")
         rgb = load_image(image)
         size = (rgb.shape[0], rgb.shape[1])
-        candidates = self.candidates(rgb, source or (self.grid if boxes is None else BoxSource(boxes)))
+        if source is None:
+            source = BoxSource(boxes) if boxes is not None else self.default_source or self.grid
+        candidates = self.candidates(rgb, source)
         if self.min_mask_region_area > 0:
             candidates = self.remove_small_regions(candidates, size)
         return candidates.records(size, self.output_mode)
@@ -145,6 +157,10 @@ class MaskGenerator:
         """HxWx3 uint8 RGB -> the de-duplicated masks of all of ``source``'s crops (before small-region
         removal)."""
         frames = source.crops((rgb.shape[0], rgb.shape[1]))
+        if callable(getattr(source, "segment", None)):  # segments by itself: no prompts to decode
+            return MaskCandidates.concat(
+                [source.segment(self.predictor.encode(frame.crop(rgb)).features, frame) for frame in frames]
+            )
         prompts = [source.prompts(frame) for frame in frames]
         n_batches = sum(-(-len(p) // self.points_per_batch) for p, _ in prompts)
         with tqdm(total=n_batches, disable=not self.progress, desc="masks", unit="batch") as bar:

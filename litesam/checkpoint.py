@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import re
+import types
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,8 +44,85 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
+    except pickle.UnpicklingError as e:
+        blocked = _BLOCKED_GLOBAL.search(str(e))
+        if blocked and blocked[1].startswith("ultralytics."):
+            return read_ultralytics_checkpoint(path)
+        raise CheckpointError(_unreadable(path, e)) from e
     except Exception as e:  # the unpickler raises many types on garbage input
         raise CheckpointError(_unreadable(path, e)) from e
+
+
+class _Inert:
+    """Stand-in for a pickled module class: keeps the pickled attribute dict, runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.state: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state if isinstance(state, dict) else {}
+
+
+def _inert_getattr(*args: Any) -> None:
+    """Stand-in for ``getattr`` (ultralytics pickles bound forward methods): yields nothing."""
+
+
+class _UltralyticsUnpickler(pickle.Unpickler):
+    """Unpickles an ultralytics checkpoint without ultralytics and without running any of its code:
+    tensors, storages and plain containers are rebuilt; every ``ultralytics.*`` / ``torch.nn.*`` class
+    becomes an inert attribute holder; any other global is refused."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+        ("__builtin__", "set"): set,
+        ("torch", "Size"): torch.Size,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("builtins", "getattr"): _inert_getattr,
+        ("__builtin__", "getattr"): _inert_getattr,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        if module.split(".")[0] == "ultralytics" or module.startswith("torch.nn.modules."):
+            return _Inert
+        raise pickle.UnpicklingError(f"refusing the global {module}.{name}")
+
+
+def read_ultralytics_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """An ultralytics checkpoint (``{'model': pickled YOLO model, ...}``, fp16, as FastSAM and MobileSAM-v2
+    ship) -> ``{"model": float32 state_dict}`` with the model's ``model.<i>.*`` keys, read by a restricted
+    unpickler (no ultralytics, no code from the file); CheckpointError when the file is anything else."""
+    restricted = types.ModuleType("litesam_restricted_pickle")
+    restricted.Unpickler = _UltralyticsUnpickler  # type: ignore[attr-defined]
+    try:  # weights_only=False only hands the choice of globals to the restricted unpickler
+        obj = torch.load(path, map_location="cpu", pickle_module=restricted, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable ultralytics checkpoint: {e}") from e
+    net = obj.get("ema") or obj.get("model") if isinstance(obj, dict) else None
+    if not isinstance(net, _Inert):
+        raise CheckpointError(f"{path} holds no pickled ultralytics model under 'model' or 'ema'")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in _module_tensors(net, "").items()}
+    if not state:
+        raise CheckpointError(f"{path} holds an ultralytics model without weights")
+    return {"model": state}
+
+
+def _module_tensors(module: _Inert, prefix: str) -> dict[str, torch.Tensor]:
+    """The state_dict of a pickled module tree of stand-ins (parameters, persistent buffers, children)."""
+    state = module.state
+    skip = state.get("_non_persistent_buffers_set") or set()
+    out = {}
+    for group in ("_parameters", "_buffers"):
+        for name, tensor in (state.get(group) or {}).items():
+            if isinstance(tensor, torch.Tensor) and name not in skip:
+                out[prefix + name] = tensor.detach()
+    for name, child in (state.get("_modules") or {}).items():
+        if isinstance(child, _Inert):
+            out.update(_module_tensors(child, f"{prefix}{name}."))
+    return out
 
 
 def _unreadable(path: Path, error: Exception) -> str:

@@ -105,8 +105,9 @@ class Predictor:
         if image_format == "BGR":
             rgb = np.ascontiguousarray(rgb[..., ::-1])
         transform = self.model.transform
-        features = self.model.encode(transform.to_input(rgb, self.device))
         original_size = (rgb.shape[0], rgb.shape[1])
+        features = dict(self.model.encode(transform.to_input(rgb, self.device)))
+        features["original_size"] = torch.tensor(original_size)  # for models that decode at full size
         return ImageState(features, original_size, transform.input_size(original_size), transform)
 
     def decode(

@@ -5,6 +5,13 @@ mask decoder.
 model: its :class:`~litesam.utils.transforms.ImageTransform`, ``encode`` (encoder input -> a dict of
 named features) and ``decode`` (features + prompts in the prompt frame -> low-res logits and scores).
 Models that are not SAM-shaped inside (EfficientSAM) implement the same protocol by composition.
+
+The predictor adds ``"original_size"`` (int64 tensor (H, W)) to every image's features. Instance
+segmenters (``kind = "instance"``, FastSAM) use it: their transform's prompt frame is the original image,
+and ``decode`` returns the prompt-selected masks at the original resolution. A model may also offer
+``everything_source(**options)``: the :class:`~litesam.MaskGenerator`'s default source for it (a
+``PromptSource``, or a source with ``segment(features, frame) -> MaskCandidates`` that needs no
+prompts); the generator's extra keyword arguments (FastSAM: ``conf``, ``iou``) go to it.
 """
 
 from __future__ import annotations
