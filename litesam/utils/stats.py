@@ -38,9 +38,10 @@ def model_stats(model: nn.Module, input_size: int) -> ModelStats:
     for one ``input_size`` square image."""
     device = next(model.parameters()).device
     with reference_formulation(model), FlopCounterMode(display=False) as counter:
-        model.image_encoder(torch.empty(1, 3, input_size, input_size, device=device))
+        model.encode(torch.empty(1, 3, input_size, input_size, device=device))
+    encoder = getattr(model, "image_encoder", model)  # one-pass models (FastSAM) are all encoder
     return ModelStats(
-        encoder_params=sum(p.numel() for p in model.image_encoder.parameters()),
+        encoder_params=sum(p.numel() for p in encoder.parameters()),
         total_params=sum(p.numel() for p in model.parameters()),
         encoder_flops=counter.get_total_flops(),
         input_size=input_size,
