@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from helpers import photo
 from PIL import Image
 from torch import nn
 
 import litesam
-from litesam.distill.embeddings import INDEX, EmbeddingStore, embed_images, prepare_image
+from litesam.distill import embeddings
+from litesam.distill.embeddings import INDEX, EmbeddingStore, embed_images, merge_parts, prepare_image
 from litesam.errors import InputError
 from litesam.modeling import Sam
 from litesam.utils.transforms import ImageTransform
@@ -248,3 +251,84 @@ def test_stored_embeddings_are_what_the_predictor_computes_for_every_model(name,
         expected = predictor.encode(folder / entry.image).image_embeddings[0]
         stored = store.embedding(i).float()  # float16 in the store
         torch.testing.assert_close(stored, expected, atol=1e-3, rtol=1e-3)
+
+
+# ---- many processes ------------------------------------------------------------------------------------
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    """Every file of a store folder, by name (index and shards)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_sharded_embedding_writes_the_single_process_store(images, tmp_path):
+    # batch_size=1: each image's embedding is then computed alike in both runs, so the bytes must match
+    folder, _ = images
+    embed_images(tiny_teacher(), folder, tmp_path / "one", "t", batch_size=1, shard_size=3, progress=False)
+    for rank in (2, 1, 0):  # three processes; the last one merges (a process group's barrier orders them)
+        embed_images(tiny_teacher(), folder, tmp_path / "three", "t", batch_size=1, shard_size=3,
+                     progress=False, rank=rank, world_size=3)  # fmt: skip
+    assert not (tmp_path / "three" / "parts").exists()
+    assert store_files(tmp_path / "three") == store_files(tmp_path / "one")
+
+
+def test_a_killed_sharded_run_resumes_and_another_process_count_is_refused(images, tmp_path):
+    folder, _ = images
+    kwargs = dict(batch_size=1, shard_size=3, progress=False, world_size=2)
+    embed_images(tiny_teacher(), folder, tmp_path / "clean", "t", batch_size=1, shard_size=3, progress=False)
+    out = tmp_path / "emb"
+    teacher = tiny_teacher()
+    hook = teacher.image_encoder.register_forward_hook(CrashAfter(2))  # process 1 dies on its 2nd image
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(teacher, folder, out, "t", rank=1, **kwargs)
+    hook.remove()
+    assert len(EmbeddingStore(out / "parts" / "00001-of-00002")) == 1
+    with pytest.raises(InputError, match="unfinished embedding run with 2 processes"):
+        embed_images(tiny_teacher(), folder, out, "t", rank=0, **dict(kwargs, world_size=3))
+    for rank in (1, 0):
+        embed_images(tiny_teacher(), folder, out, "t", rank=rank, **kwargs)
+    assert store_files(out) == store_files(tmp_path / "clean")
+
+
+def test_merge_continues_after_a_kill_in_the_middle(images, tmp_path, monkeypatch):
+    folder, _ = images
+    kwargs = dict(batch_size=1, shard_size=2, progress=False)
+    embed_images(tiny_teacher(), folder, tmp_path / "clean", "t", **kwargs)
+    out = tmp_path / "emb"
+    monkeypatch.setattr(embeddings, "merge_parts", lambda out: 0)  # both parts finish, no merge yet
+    for rank in (1, 0):
+        embed_images(tiny_teacher(), folder, out, "t", rank=rank, world_size=2, **kwargs)
+    monkeypatch.undo()
+    append = embeddings._Writer.append
+    calls = []
+
+    def dies_on_the_third_batch(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        append(self, *args)
+
+    monkeypatch.setattr(embeddings._Writer, "append", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        merge_parts(out)
+    monkeypatch.undo()
+    assert len(EmbeddingStore(out)) == 4 and (out / "parts").is_dir()
+    assert merge_parts(out) == 3
+    assert store_files(out) == store_files(tmp_path / "clean")
+
+
+def _embed_worker(rank: int, init: str, folder: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        embed_images(tiny_teacher(), folder, out, "t", batch_size=1, shard_size=3, progress=False,
+                     rank=dist.get_rank(), world_size=dist.get_world_size())  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_embed_what_one_process_embeds(images, tmp_path):
+    folder, _ = images
+    embed_images(tiny_teacher(), folder, tmp_path / "one", "t", batch_size=1, shard_size=3, progress=False)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_embed_worker, args=(init, str(folder), str(tmp_path / "two")), nprocs=2, join=True)
+    assert store_files(tmp_path / "two") == store_files(tmp_path / "one")

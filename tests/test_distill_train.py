@@ -215,3 +215,47 @@ def test_cli_registers_every_stage():
                   "--out", "o"],
                  ["eval", "miou", "--teacher", "t", "--student", "s", "--images", "i"]):  # fmt: skip
         assert parser.parse_args(argv).command == argv[0]
+
+
+def test_gradient_accumulation_gives_the_same_weights(store, tmp_path):
+    config = replace(CONFIG, epochs=1)
+    whole = train_student(tiny_student(), store, tmp_path / "whole", config, progress=False)
+    micro = train_student(tiny_student(), store, tmp_path / "micro", replace(config, accumulate=2),
+                          progress=False)  # fmt: skip
+    for key, value in weights(whole).items():
+        torch.testing.assert_close(weights(micro)[key], value, rtol=1e-5, atol=1e-7, msg=key)
+    with pytest.raises(InputError, match="not a multiple of 1 process.* x 3 accumulation"):
+        train_student(tiny_student(), store, tmp_path / "odd", replace(config, accumulate=3), progress=False)
+
+
+def _killed_ddp_worker(rank: int, init: str, store: str, out: str, kill_at: int, resume: bool) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    student = tiny_student()
+    if kill_at:
+        student.image_encoder.register_forward_hook(CrashAfter(kill_at))  # every process dies at once
+    try:
+        train_student(student, store, out, replace(CONFIG, save_every=3), device="cpu", progress=False,
+                      resume=resume)  # fmt: skip
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_killed_mid_epoch_resume_bit_exactly(store, tmp_path):
+    def run(out: str, kill_at: int, resume: bool, tag: str) -> None:
+        init = f"file://{tmp_path / ('rendezvous-' + tag)}"
+        mp.spawn(_killed_ddp_worker, args=(init, str(store), out, kill_at, resume), nprocs=2, join=True)
+
+    run(str(tmp_path / "clean"), 0, False, "clean")
+    run(str(tmp_path / "killed"), 4, False, "killed")  # killed during step 4, after the step-3 checkpoint
+    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert (saved["step"], saved["world_size"]) == (3, 2)
+    run(str(tmp_path / "killed"), 0, True, "resumed")
+    clean, resumed = weights(tmp_path / "clean" / "last.pt"), weights(tmp_path / "killed" / "last.pt")
+    for key, value in clean.items():
+        assert torch.equal(resumed[key], value), key
+    assert [r["loss"] for r in log_steps(tmp_path / "killed")] == [
+        r["loss"] for r in log_steps(tmp_path / "clean")
+    ]

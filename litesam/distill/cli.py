@@ -29,6 +29,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and initial weights")
     p.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps and at epoch ends")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="split each process's batch into N micro-batches (same gradient, less memory; default 1)",
+    )
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="BatchNorm statistics over all processes under torchrun (RepViT, EdgeSAM students; GPUs)",
+    )
 
 
 def _add_student_args(p: argparse.ArgumentParser) -> None:
@@ -63,13 +74,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "embed",
         help="store the teacher's image embeddings (resumable)",
         description="Embed every image under --images (recursively; SA-1B jpg+json or a plain folder)"
-        " with the teacher into --out: float16 shards + index.jsonl. Rerunning resumes.",
+        " with the teacher into --out: float16 shards + index.jsonl. Rerunning resumes. Under torchrun"
+        " (`torchrun --nproc-per-node N -m litesam distill embed ...`, any number of nodes) each process"
+        " embeds every N-th image into out/parts/, and process 0 merges the parts at the end into the"
+        " store a single process would have written.",
     )
     _add_teacher_args(embed)
     embed.add_argument("--images", required=True, help="folder of images")
     embed.add_argument("--out", required=True, help="embedding store folder")
     embed.add_argument("--batch-size", type=int, default=8, help="images per teacher forward (default 8)")
     embed.add_argument("--shard-size", type=int, default=256, help="embeddings per shard file (default 256)")
+
+    merge = stages.add_parser(
+        "merge",
+        help="merge the parts of an interrupted many-process embed run",
+        description="Move out/parts/ (written by `distill embed` under torchrun) into the store OUT, in the"
+        " single-process order. `distill embed` does this itself when all its processes finish.",
+    )
+    merge.add_argument("out", metavar="OUT", help="embedding store folder")
+    merge.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = stages.add_parser(
         "train",
@@ -181,18 +204,28 @@ def _student(args: argparse.Namespace, device: str) -> tuple[str, Any]:
 
 def _embed(args: argparse.Namespace) -> int:
     from .embeddings import embed_images
+    from .parallel import join_process_group
 
-    device = _device(args)
-    teacher = _teacher(args, device, fuse=False)
+    rank, world, device = join_process_group(args.device)
+    teacher = _teacher(args, str(device), fuse=False)
     summary = embed_images(
         teacher, args.images, args.out, args.teacher, batch_size=args.batch_size, shard_size=args.shard_size,
-        device=device, num_workers=args.workers, progress=not args.no_progress,
+        device=device, num_workers=args.workers, progress=not args.no_progress and rank == 0, rank=rank,
+        world_size=world,
     )  # fmt: skip
+    where = f" (process {rank} of {world}; the parts are merged into {args.out})" if world > 1 else ""
     print(
-        f"{summary.written} image(s) embedded, {summary.skipped} already in {args.out},"
-        f" {len(summary.failed)} unreadable"
+        f"{summary.written} image(s) embedded, {summary.skipped} already in {args.out} or another process's"
+        f" share, {len(summary.failed)} unreadable{where}"
     )
     return 1 if summary.failed else 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .embeddings import merge_parts
+
+    print(f"{merge_parts(args.out, progress=not args.no_progress)} embedding(s) merged into {args.out}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -205,7 +238,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, seed=args.seed, save_every=args.save_every,
-        amp=not args.no_amp, num_workers=args.workers,
+        amp=not args.no_amp, num_workers=args.workers, accumulate=args.accumulate, sync_bn=args.sync_bn,
     )  # fmt: skip
     student = build_model(args.student, fuse=False)
     teacher_weights = None if args.resume else _teacher_weights(store.teacher, args.teacher_checkpoint)
@@ -248,7 +281,8 @@ def miou_report(args: argparse.Namespace, log: Any = None, progress: bool = Fals
 
 
 def _distill(args: argparse.Namespace) -> int:
-    return {"embed": _embed, "train": _train, "finetune-decoder": _finetune}[args.stage](args)
+    stages = {"embed": _embed, "merge": _merge, "train": _train, "finetune-decoder": _finetune}
+    return stages[args.stage](args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"distill": _distill}

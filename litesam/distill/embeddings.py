@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -36,9 +37,11 @@ from ..modeling.sam import Sam
 from ..utils.image import ImageError, load_image
 from ..utils.io import find_images, writable_folder
 from ..utils.transforms import ImageTransform
+from .parallel import barrier, rank_share
 
 FORMAT = "litesam-embeddings/1"
 INDEX = "index.jsonl"
+PARTS = "parts"  # per-process stores of a many-process embed run, merged into the store at the end
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,10 @@ class EmbeddingStore:
     def shards(self) -> list[int]:
         """The numbers of the shard files the index refers to."""
         return sorted({e.shard for e in self.entries})
+
+    def close(self) -> None:
+        """Release the shard memory maps (reading again reopens them)."""
+        self._maps.clear()
 
     def embedding(self, i: int) -> torch.Tensor:
         """Entry ``i`` as a float16 tensor of ``shape`` (e.g. 256x64x64); checksum verified."""
@@ -297,6 +304,8 @@ def embed_images(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EmbedSummary:
     """Embed every image under the folder ``images`` (recursively; SA-1B's jpg + json layout or a plain
     folder) with ``teacher.encode`` into the store ``out``; resumes a previous run into ``out``.
@@ -304,6 +313,12 @@ def embed_images(
     ``teacher_name`` (e.g. ``sam_vit_h``) and the teacher's preprocessing are recorded in the index; a
     store made by another teacher or preprocessing is refused. Unreadable images are reported and skipped
     (and retried by the next run). ``shard_size``: entries per shard file (256 x 2 MiB for SAM's 256x64x64).
+
+    Many processes (``rank`` of ``world_size``, e.g. from torchrun): each embeds every ``world_size``-th
+    image of the sorted list into its own part store ``out/parts/<rank>-of-<world_size>/`` (same crash
+    safety and resume); when all have finished (a barrier of the process group, if there is one), rank 0
+    moves the parts into ``out`` with :func:`merge_parts`, in the single-process order, so the index is
+    the one a single process would have written. Parts of another world size are refused.
     """
     root = Path(images).resolve()
     if not root.is_dir():
@@ -316,14 +331,22 @@ def embed_images(
         "shard_size": shard_size,
         "images_root": str(root),
     }
-    writer = _Writer(Path(out), header)
     found = [job.path.relative_to(root).as_posix() for job in find_images([root], recursive=True)]
-    todo = [name for name in found if name not in writer.done]
+    if world_size == 1:
+        writer = _Writer(Path(out), header)
+        todo = [name for name in found if name not in writer.done]
+    else:
+        _check_parts(Path(out), world_size)
+        done = {e.image for e in _read_index(Path(out))[1]}
+        writer = _Writer(_part_folder(Path(out), rank, world_size), header)
+        share = rank_share([name for name in found if name not in done], rank, world_size)
+        todo = [name for name in share if name not in writer.done]
     loader = DataLoader(
         _Images([root / name for name in todo], teacher.transform),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=list,
+        pin_memory=torch.device(device).type == "cuda",
     )
     teacher = teacher.to(device).eval()
     failed: list[str] = []
@@ -332,11 +355,66 @@ def embed_images(
             good = [(i, x) for i, x, _ in batch if x is not None]
             failed.extend(f"{todo[i]}: {err}" for i, x, err in batch if x is None)
             if good:
-                x = torch.stack([x for _, x in good]).to(device)
-                with torch.inference_mode():
-                    emb = teacher.encode(x)["image_embeddings"].float().cpu().numpy().astype(np.float16)
+                x = torch.stack([x for _, x in good]).to(device, non_blocking=True)
+                emb = teacher.encode(x)["image_embeddings"].float().cpu().numpy().astype(np.float16)
                 writer.append([todo[i] for i, _ in good], emb)
             bar.update(len(batch))
     for line in failed:
         print(f"skipped unreadable image {line}", file=sys.stderr)
+    if world_size > 1:
+        barrier()  # every process has finished its share: the parts are complete
+        if rank == 0:
+            merge_parts(out)
+        barrier()
     return EmbedSummary(written=len(todo) - len(failed), skipped=len(found) - len(todo), failed=failed)
+
+
+def _part_folder(out: Path, rank: int, world_size: int) -> Path:
+    return out / PARTS / f"{rank:05d}-of-{world_size:05d}"
+
+
+def _check_parts(out: Path, world_size: int) -> None:
+    """InputError if ``out`` holds parts of a run with another number of processes."""
+    other = sorted({p.name.split("-of-")[1] for p in (out / PARTS).glob("*-of-*")} - {f"{world_size:05d}"})
+    if other:
+        raise InputError(
+            f"{out / PARTS} holds an unfinished embedding run with {int(other[0])} processes: rerun with"
+            f" that many (--nproc-per-node) to finish it, or merge what is there with `litesam distill merge"
+            f" {out}` first"
+        )
+
+
+def merge_parts(out: str | os.PathLike, progress: bool = False) -> int:
+    """Move the part stores of a many-process ``embed`` run (``out/parts/``) into the store ``out``, in the
+    order a single process would have written them (the sorted image list), checking every entry's CRC32;
+    returns the number of entries moved. Crash-safe: a rerun after a kill continues where it stopped,
+    and the parts are removed only once everything is in ``out``."""
+    out = Path(out)
+    parts = sorted(p for p in (out / PARTS).glob("*-of-*") if (p / INDEX).is_file())
+    if not parts:
+        return 0
+    stores = [EmbeddingStore(p) for p in parts]
+    writer = _Writer(out, stores[0].header)
+    for store in stores[1:]:
+        if {**store.header, "shape": None} != {**stores[0].header, "shape": None}:
+            raise InputError(f"{store.root} was made differently from {stores[0].root}: cannot merge them")
+    root = Path(stores[0].header["images_root"])
+    order = {
+        job.path.relative_to(root).as_posix(): i for i, job in enumerate(find_images([root], recursive=True))
+    }
+    pending = sorted(
+        ((order.get(e.image, len(order)), e.image, store, i) for store in stores
+         for i, e in enumerate(store.entries) if e.image not in writer.done),
+        key=lambda item: item[:2],
+    )  # fmt: skip
+    chunk = writer.header["shard_size"]
+    with tqdm(total=len(pending), desc="merge", unit="entry", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(pending), chunk):
+            part = pending[start : start + chunk]
+            arrays = np.stack([store.embedding(i).numpy() for _, _, store, i in part])
+            writer.append([image for _, image, _, _ in part], arrays)
+            bar.update(len(part))
+    for store in stores:
+        store.close()
+    shutil.rmtree(out / PARTS)
+    return len(pending)

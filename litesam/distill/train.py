@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from ..modeling.sam import Sam
 from ..utils.io import atomic_torch_save, atomic_write_png, atomic_write_text, writable_folder
 from ..utils.transforms import ImageTransform
 from .embeddings import EmbeddingStore, prepare_image
+from .parallel import join_process_group
 
 CHECKPOINT = "last.pt"
 LOG = "log.jsonl"
@@ -65,6 +67,10 @@ class TrainConfig:
     save_every: int = 1000
     amp: bool = True
     num_workers: int = 0
+    accumulate: int = (
+        1  # micro-batches per step: each process runs batch_size / processes / accumulate at once
+    )
+    sync_bn: bool = False  # BatchNorm statistics over all processes (SyncBatchNorm; GPUs only)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -99,21 +105,6 @@ class _Pairs(Dataset):
         return prepare_image(
             self.store.image_path(i, self.images_root), self.transform
         ), self.store.embedding(i)
-
-
-def _distributed(device: str | torch.device | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the torchrun process group (NCCL on GPUs, gloo on CPU) if any."""
-    if device is None:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), device
-    return 0, 1, device
 
 
 def _rng_state() -> dict[str, Any]:
@@ -222,12 +213,17 @@ def train_student(
     the store's entries against their CRC32s before step 1 (reads the whole store once). Under torchrun
     every process calls this; rank 0 writes.
     """
-    rank, world, device = _distributed(device)
+    rank, world, device = join_process_group(device)
     out = writable_folder(out)
     store = EmbeddingStore(embeddings)
     store.check_transform(student.transform, "the student")
-    if config.batch_size % world:
-        raise InputError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
+    if config.accumulate < 1 or config.batch_size % (world * config.accumulate):
+        raise InputError(
+            f"batch size {config.batch_size} is not a multiple of {world} process(es) x {config.accumulate}"
+            " accumulation step(s)"
+        )
+    if config.sync_bn and world > 1 and device.type == "cpu":
+        raise InputError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
     steps_per_epoch = len(store) // config.batch_size
     if steps_per_epoch == 0:
         raise InputError(f"{len(store)} embeddings are fewer than one batch of {config.batch_size}")
@@ -238,6 +234,8 @@ def train_student(
             prefix = name + "."
             part = {k[len(prefix) :]: v for k, v in decoder_state.items() if k.startswith(prefix)}
             getattr(student, name).load_state_dict(part)
+    if config.sync_bn and world > 1:
+        student.image_encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student.image_encoder)
     student.to(device).train()
     encoder = student.image_encoder
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -298,11 +296,8 @@ def train_student(
         )
         tic = time.perf_counter()
         for x, target in loader:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = model(x.to(device, non_blocking=True))
-            loss = F.mse_loss(pred.float(), target.to(device).float())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _accumulate_gradients(model, x, target, config.accumulate, device, amp)
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.clip_grad)
             optimizer.step()
             scheduler.step()
@@ -326,6 +321,30 @@ def train_student(
     bar.close()
     student.eval()
     return path
+
+
+def _accumulate_gradients(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    chunks: int,
+    device: torch.device,
+    amp: bool,
+) -> torch.Tensor:
+    """Backward the MSE of this process's batch (Bx3xSxS inputs, Bx256x64x64 targets) in ``chunks`` equal
+    micro-batches (bounded activation memory, same gradient); DDP synchronises on the last one only.
+    Returns the batch's mean loss."""
+    total = torch.zeros((), device=device)
+    for i, (xs, ts) in enumerate(zip(x.chunk(chunks), target.chunk(chunks), strict=True)):
+        last = i == chunks - 1
+        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else nullcontext()
+        with sync:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                pred = model(xs.to(device, non_blocking=True))
+            loss = F.mse_loss(pred.float(), ts.to(device, non_blocking=True).float()) / chunks
+            loss.backward()
+        total += loss.detach()
+    return total
 
 
 def _restore(
