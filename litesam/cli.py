@@ -316,13 +316,15 @@ def _everything(args: argparse.Namespace) -> int:
     from . import MaskGenerator, build_model
     from .everything import SUMMARY, read_boxes, segment_everything
     from .utils.io import find_images, writable_folder
+    from .utils.parallel import join_process_group
 
+    rank, world, device = join_process_group(args.device)  # torchrun: one share of the images per process
     jobs = find_images(args.paths, recursive=args.recursive, exclude=args.output)
     boxes = read_boxes(args.boxes) if args.boxes else None
     knobs = {o.lstrip("-").replace("-", "_") for o, _, _ in _GENERATOR_KNOBS}
     settings = {k: v for k, v in vars(args).items() if k in knobs}
     writable_folder(args.output)  # before the slow part: a bad -o fails in a second
-    model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = build_model(args.model, checkpoint=args.checkpoint, device=device)
     generator = MaskGenerator(model, output_mode=args.output_mode, **settings)
     info = {
         "model": args.model,
@@ -332,8 +334,10 @@ def _everything(args: argparse.Namespace) -> int:
     }
     summary = segment_everything(
         generator, jobs, args.output, boxes=boxes, overwrite=args.overwrite, info=info,
-        progress=not args.no_progress,
+        progress=not args.no_progress and rank == 0, rank=rank, world_size=world,
     )  # fmt: skip
+    if rank > 0:
+        return 1 if summary["failed"] else 0
     print(
         f"{summary['done']} image(s) segmented ({summary['masks']} masks), {summary['skipped']} already done,"
         f" {summary['done_elsewhere']} done and {summary['in_progress_elsewhere']} in progress by another"

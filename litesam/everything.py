@@ -42,6 +42,7 @@ from .utils.io import (
     try_lock,
     writable_folder,
 )
+from .utils.parallel import gather, rank_share
 from .utils.visualize import overlay
 
 BoxPrompts = np.ndarray | dict[str, np.ndarray]
@@ -159,6 +160,8 @@ def segment_everything(
     info: dict[str, Any] | None = None,
     progress: bool = True,
     log: TextIO | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Run ``generator.generate`` on every image and write the outputs described in the module docstring.
 
@@ -167,16 +170,25 @@ def segment_everything(
     segmented is reported on ``log`` (default stderr) and in the summary, and the run goes on; an output
     that cannot be written stops it with an :class:`OutputError`. Returns the summary (also written to
     ``summary.json``).
+
+    Many processes (``rank`` of ``world_size``, e.g. torchrun): each takes every ``world_size``-th image of
+    ``jobs``; rank 0 writes the summary of them all at the end (gathered over the process group).
     """
     out = writable_folder(out_dir)
-    jobs, info = list(jobs), info or {}
+    jobs, info = list(jobs), info or {}  # in find_images' order: the same on every run, so the same shares
     log = sys.stderr if log is None else log
+    mine = rank_share(jobs, rank, world_size)
     results: list[dict[str, Any]] = []
-    for job in tqdm(jobs, desc="segment everything", unit="image", disable=not progress, file=log):
+    for job in tqdm(mine, desc="segment everything", unit="image", disable=not progress, file=log):
         results.append(_process(generator, job, out, boxes, overwrite, info, log))
-        atomic_write_json(out / SUMMARY, _summary(out, len(jobs), results, info))
-    summary = _summary(out, len(jobs), results, info)
-    atomic_write_json(out / SUMMARY, summary)
+        if world_size == 1:
+            atomic_write_json(out / SUMMARY, _summary(out, len(jobs), results, info))
+    everyone = [r for part in gather(results) for r in part]
+    order = {str(job.path): i for i, job in enumerate(jobs)}
+    everyone.sort(key=lambda r: order.get(r["image"], len(order)))
+    summary = _summary(out, len(jobs), everyone, info)
+    if rank == 0:
+        atomic_write_json(out / SUMMARY, summary)
     return summary
 
 

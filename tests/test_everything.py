@@ -364,3 +364,34 @@ def torch_bool(mask: np.ndarray):
     import torch
 
     return torch.from_numpy(mask)[None]
+
+
+def _everything_worker(rank: int, init: str, folder: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        generator = litesam.MaskGenerator(tiny_sam(), points_per_side=2, pred_iou_thresh=0,
+                                          stability_score_thresh=0, output_mode="coco_rle")  # fmt: skip
+        segment_everything(generator, find_images([folder]), out, progress=False, rank=dist.get_rank(),
+                           world_size=dist.get_world_size())  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_split_the_images_and_write_one_summary(tmp_path, folder):
+    import torch.multiprocessing as mp
+
+    generator = litesam.MaskGenerator(tiny_sam(), points_per_side=2, pred_iou_thresh=0,
+                                      stability_score_thresh=0, output_mode="coco_rle")  # fmt: skip
+    single = segment_everything(generator, find_images([folder]), tmp_path / "one", progress=False)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_everything_worker, args=(init, str(folder), str(tmp_path / "two")), nprocs=2, join=True)
+    for name in ("one.json", "two.json"):
+        assert json.loads((tmp_path / "two" / name).read_text()) == json.loads(
+            (tmp_path / "one" / name).read_text()
+        )
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    for key in ("images", "done", "failed", "masks", "in_folder"):
+        assert summary[key] == single[key], key
+    assert [r["image"] for r in summary["results"]] == [r["image"] for r in single["results"]]

@@ -203,8 +203,8 @@ def _student(args: argparse.Namespace, device: str) -> tuple[str, Any]:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from ..utils.parallel import join_process_group
     from .embeddings import embed_images
-    from .parallel import join_process_group
 
     rank, world, device = join_process_group(args.device)
     teacher = _teacher(args, str(device), fuse=False)

@@ -36,8 +36,8 @@ from ..errors import InputError
 from ..modeling.sam import Sam
 from ..utils.image import ImageError, load_image
 from ..utils.io import find_images, writable_folder
+from ..utils.parallel import barrier, rank_share
 from ..utils.transforms import ImageTransform
-from .parallel import barrier, rank_share
 
 FORMAT = "litesam-embeddings/1"
 INDEX = "index.jsonl"

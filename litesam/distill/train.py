@@ -42,9 +42,9 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import InputError
 from ..modeling.sam import Sam
 from ..utils.io import atomic_torch_save, atomic_write_png, atomic_write_text, writable_folder
+from ..utils.parallel import join_process_group
 from ..utils.transforms import ImageTransform
 from .embeddings import EmbeddingStore, prepare_image
-from .parallel import join_process_group
 
 CHECKPOINT = "last.pt"
 LOG = "log.jsonl"
