@@ -99,8 +99,8 @@ def test_the_official_decoder_file_loads_through_the_real_loader(tmp_path):
     with pytest.raises(CheckpointError, match="lacks encoder"):
         litesam.build_model("mobile_sam_v2", checkpoint=by_role, encoder="tiny_vit")
     with pytest.raises(CheckpointError, match="not a MobileSAM-v2 decoder file"):
-        litesam.build_model("mobile_sam_v2", encoder="tiny_vit",
-                            checkpoint={**by_role, "decoder": weight / "mobile_sam.pt", "encoder": weight / "mobile_sam.pt"})  # fmt: skip
+        wrong = {**by_role, "decoder": weight / "mobile_sam.pt", "encoder": weight / "mobile_sam.pt"}
+        litesam.build_model("mobile_sam_v2", encoder="tiny_vit", checkpoint=wrong)
 
 
 def test_detector_sees_the_official_letterboxed_bgr_input():

@@ -44,6 +44,7 @@ _DECODER_URL = (
     "MobileSAMv2/PromptGuidedDecoder/Prompt_guided_Mask_Decoder.pt"
 )
 _WEIGHT_ZIP_URL = "https://drive.usercontent.google.com/download?id=1dE-YAG-1mFCBmao2rHDp0n-PP4eH7SjE&export=download&confirm=t"
+ZIP_FILENAME = "mobile_sam_v2_weight.zip"
 _SAM_VIT_H_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
 _SAM_VIT_H_SHA256 = "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"
 
@@ -129,7 +130,7 @@ def checkpoint_files(
 def _fetch(encoder: str) -> dict[str, Path]:
     from ..hub import fetch_checkpoint
 
-    zipped = partial(fetch_checkpoint, "mobile_sam_v2", _WEIGHT_ZIP_URL, "mobile_sam_v2_weight.zip", None)
+    zipped = partial(fetch_checkpoint, "mobile_sam_v2", _WEIGHT_ZIP_URL, ZIP_FILENAME, None)
     files = {
         "detector": zipped(member=f"weight/{FILENAMES['detector']}"),
         "decoder": fetch_checkpoint("mobile_sam_v2", _DECODER_URL, FILENAMES["decoder"], None),
@@ -188,7 +189,8 @@ MODELS = [
         name="mobile_sam_v2",
         build=build_mobile_sam_v2,
         source=SOURCE,
-        url=_WEIGHT_ZIP_URL,
+        url=_WEIGHT_ZIP_URL,  # `litesam download` fetches upstream's weight.zip; "auto" also the decoder
+        filename=ZIP_FILENAME,
         options={"encoder": "efficientvit_l2", "box_batch": 320},
         read_checkpoint=read_mobile_sam_v2,
         description="MobileSAM-v2: object-aware YOLOv8x boxes prompt SAM (EfficientViT-L2 / TinyViT / ViT-H)",
