@@ -35,6 +35,14 @@ from .utils.masks import stability_score
 
 # Masks upsampled to the original size at once: bounds the 1024x1024 float temporaries (4 MiB each).
 _UPSAMPLE_CHUNK = 16
+# The official generator's defaults of the settings a source may change (``generator_defaults``).
+DEFAULTS = {
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "box_nms_thresh": 0.7,
+}
+Settings = dict[str, float]
 
 
 class MaskGenerator:
@@ -58,9 +66,15 @@ class MaskGenerator:
     - ``output_mode``: ``"binary_mask"`` (HxW bool array), ``"uncompressed_rle"`` or ``"coco_rle"``.
     - ``progress``: show a progress bar over the decoded batches.
     - ``**source_options``: settings of the model's own everything source, for models that offer one
-      (``model.everything_source``), which then replaces the grid: FastSAM's ``conf=0.4``, ``iou=0.9``,
-      ``max_det=300``. Masks of a source that segments by itself are kept as it gives them (only
-      ``min_mask_region_area`` applies).
+      (``model.everything_source``), which then replaces the grid: FastSAM's and MobileSAM-v2's
+      ``conf=0.4``, ``iou=0.9``, ``max_det=300``. Masks of a source that segments by itself are kept as
+      it gives them (only ``min_mask_region_area`` applies).
+
+    ``points_per_batch``, ``pred_iou_thresh``, ``stability_score_thresh`` and ``box_nms_thresh`` left at
+    None take the source's ``generator_defaults`` where it has them (MobileSAM-v2's detector source: 320
+    boxes per batch, no filters, no NMS), else the official values (64, 0.88, 0.95, 0.7). A source with
+    ``for_image(rgb)`` depends on the image (a detector) and gives the image's own source; one with
+    ``sort_by_area`` gets its records largest first.
 
     ``generate(image)`` returns one dict per mask: ``segmentation``, ``area`` (pixels), ``bbox`` (XYWH
     ints), ``predicted_iou``, ``point_coords`` ([[x, y]] pixels), ``stability_score``, ``crop_box`` (XYWH).
@@ -70,11 +84,11 @@ class MaskGenerator:
         self,
         model: PromptableModel,
         points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
+        points_per_batch: int | None = None,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
         stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
+        box_nms_thresh: float | None = None,
         crop_n_layers: int = 0,
         crop_nms_thresh: float = 0.7,
         crop_overlap_ratio: float = 512 / 1500,
@@ -85,7 +99,8 @@ class MaskGenerator:
         progress: bool = False,
         **source_options: Any,
     ) -> None:
-        _check_int("points_per_batch", points_per_batch, 1)
+        if points_per_batch is not None:
+            _check_int("points_per_batch", points_per_batch, 1)
         _check_int("crop_n_layers", crop_n_layers, 0)
         _check_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1)
         _check_int("min_mask_region_area", min_mask_region_area, 0)
@@ -94,10 +109,10 @@ class MaskGenerator:
             ("stability_score_thresh", stability_score_thresh),
             ("stability_score_offset", stability_score_offset),
         ):
-            if not np.isfinite(value):
+            if value is not None and not np.isfinite(value):
                 raise InputError(f"{name} must be a finite number, got {value!r}")
         for name, value in (("box_nms_thresh", box_nms_thresh), ("crop_nms_thresh", crop_nms_thresh)):
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be in [0, 1] (1 keeps every mask), got {value!r}")
         if output_mode not in OUTPUT_MODES:
             raise InputError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}")
@@ -120,11 +135,17 @@ class MaskGenerator:
         elif source_options:
             raise InputError(f"unexpected keyword arguments: {', '.join(sorted(source_options))}")
         self.predictor = Predictor(model)
-        self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
+        self.settings = {
+            k: v
+            for k, v in (
+                ("points_per_batch", points_per_batch),
+                ("pred_iou_thresh", pred_iou_thresh),
+                ("stability_score_thresh", stability_score_thresh),
+                ("box_nms_thresh", box_nms_thresh),
+            )
+            if v is not None
+        }
         self.stability_score_offset = stability_score_offset
-        self.box_nms_thresh = box_nms_thresh
         self.crop_nms_thresh = crop_nms_thresh
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
@@ -148,24 +169,38 @@ class MaskGenerator:
         size = (rgb.shape[0], rgb.shape[1])
         if source is None:
             source = BoxSource(boxes) if boxes is not None else self.default_source or self.grid
+        settings = self.settings_for(source)
         candidates = self.candidates(rgb, source)
         if self.min_mask_region_area > 0:
-            candidates = self.remove_small_regions(candidates, size)
+            candidates = self.remove_small_regions(candidates, size, settings["box_nms_thresh"])
+        if getattr(source, "sort_by_area", False):
+            candidates = candidates.select(torch.argsort(candidates.areas(), descending=True, stable=True))
         return candidates.records(size, self.output_mode)
 
-    def candidates(self, rgb: np.ndarray, source: PromptSource) -> MaskCandidates:
+    def settings_for(self, source: Any) -> Settings:
+        """The batch size and filter settings used with ``source``: the generator's own, else the
+        source's ``generator_defaults``, else the official defaults."""
+        return {**DEFAULTS, **getattr(source, "generator_defaults", {}), **self.settings}
+
+    def candidates(self, rgb: np.ndarray, source: Any) -> MaskCandidates:
         """HxWx3 uint8 RGB -> the de-duplicated masks of all of ``source``'s crops (before small-region
-        removal)."""
+        removal); a source with ``for_image`` is first asked for the image's own source."""
+        settings = self.settings_for(source)
+        if callable(getattr(source, "for_image", None)):
+            source = source.for_image(rgb)
         frames = source.crops((rgb.shape[0], rgb.shape[1]))
         if callable(getattr(source, "segment", None)):  # segments by itself: no prompts to decode
             return MaskCandidates.concat(
                 [source.segment(self.predictor.encode(frame.crop(rgb)).features, frame) for frame in frames]
             )
         prompts = [source.prompts(frame) for frame in frames]
-        n_batches = sum(-(-len(p) // self.points_per_batch) for p, _ in prompts)
+        batch = int(settings["points_per_batch"])
+        n_batches = sum(-(-len(p) // batch) for p, _ in prompts)
         with tqdm(total=n_batches, disable=not self.progress, desc="masks", unit="batch") as bar:
             parts = [
-                self._crop_candidates(rgb, frame, crop_prompts, columns, source.multimask_output, bar.update)
+                self._crop_candidates(
+                    rgb, frame, crop_prompts, columns, source.multimask_output, settings, bar.update
+                )
                 for frame, (crop_prompts, columns) in zip(frames, prompts, strict=True)
             ]
         candidates = MaskCandidates.concat(parts)
@@ -184,15 +219,18 @@ class MaskGenerator:
         prompts: Prompts,
         columns: Columns,
         multimask_output: bool,
+        settings: Settings,
         on_batch: Callable[[], Any],
     ) -> MaskCandidates:
         """Encode the crop, decode its prompts ``points_per_batch`` at a time, filter, de-duplicate."""
         state = self.predictor.encode(frame.crop(rgb))
         parts = []
-        for start in range(0, len(prompts), self.points_per_batch):
-            part = slice(start, start + self.points_per_batch)
+        batch = int(settings["points_per_batch"])
+        for start in range(0, len(prompts), batch):
+            part = slice(start, start + batch)
             prediction = self.predictor.decode(state, prompts[part], multimask_output)
-            parts.append(self.filter_masks(prediction, {k: v[part] for k, v in columns.items()}, frame))
+            crop_columns = {k: v[part] for k, v in columns.items()}
+            parts.append(self.filter_masks(prediction, crop_columns, frame, settings))
             on_batch()
         candidates = MaskCandidates.concat(parts)
         if not len(candidates):
@@ -201,24 +239,28 @@ class MaskGenerator:
             candidates["boxes"].float(),
             candidates["iou_preds"],
             torch.zeros(len(candidates)),
-            self.box_nms_thresh,
+            settings["box_nms_thresh"],
         )
         return candidates.select(keep)
 
-    def filter_masks(self, prediction: Prediction, columns: Columns, frame: CropFrame) -> MaskCandidates:
+    def filter_masks(
+        self, prediction: Prediction, columns: Columns, frame: CropFrame, settings: Settings
+    ) -> MaskCandidates:
         """B decoded prompts (M masks each) with their per-prompt columns (B rows: ``points``, Bx2 crop
         pixels, and any others) -> the masks passing the IoU, stability and crop-edge filters, in the
         image frame, run-length encoded; each mask inherits its prompt's columns.
 
         The IoU filter runs first, on the low-res logits; only survivors are upsampled (in chunks) for
-        the stability score, the thresholded mask and its box.
+        the stability score, the thresholded mask and its box. ``settings``: :meth:`settings_for` the
+        source.
         """
+        pred_iou_thresh, stability_thresh = settings["pred_iou_thresh"], settings["stability_score_thresh"]
         per_prompt = prediction.low_res.shape[1]
         low_res = prediction.low_res.flatten(0, 1)
         iou_preds = prediction.scores.flatten(0, 1).cpu()
         columns = {k: v.repeat_interleave(per_prompt, dim=0) for k, v in columns.items()}
-        if self.pred_iou_thresh > 0.0:
-            keep = iou_preds > self.pred_iou_thresh
+        if pred_iou_thresh > 0.0:
+            keep = iou_preds > pred_iou_thresh
             low_res, iou_preds = low_res[keep.to(low_res.device)], iou_preds[keep]
             columns = {k: v[keep] for k, v in columns.items()}
         if low_res.shape[0] == 0:
@@ -228,8 +270,8 @@ class MaskGenerator:
         for chunk in low_res.split(_UPSAMPLE_CHUNK):
             logits = prediction.state.upscale(chunk[:, None])[:, 0].cpu()
             score = stability_score(logits, threshold, self.stability_score_offset)
-            if self.stability_score_thresh > 0.0:
-                ok = score >= self.stability_score_thresh
+            if stability_thresh > 0.0:
+                ok = score >= stability_thresh
                 logits, score = logits[ok], score[ok]
             else:
                 ok = torch.ones_like(score, dtype=torch.bool)
@@ -250,9 +292,12 @@ class MaskGenerator:
             **{k: v[inside] for k, v in kept.items()},
         )
 
-    def remove_small_regions(self, candidates: MaskCandidates, image_size: tuple[int, int]) -> MaskCandidates:
+    def remove_small_regions(
+        self, candidates: MaskCandidates, image_size: tuple[int, int], box_nms_thresh: float
+    ) -> MaskCandidates:
         """Fill small holes and delete small islands (``min_mask_region_area``), then drop new duplicates
-        by box NMS that prefers unchanged masks. Changed masks get new RLEs and boxes."""
+        by box NMS (the larger of ``box_nms_thresh`` and ``crop_nms_thresh``) that prefers unchanged masks.
+        Changed masks get new RLEs and boxes."""
         if len(candidates) == 0:
             return candidates
         masks, unchanged = [], []
@@ -265,7 +310,7 @@ class MaskGenerator:
         stacked = torch.stack(masks)
         boxes = masks_to_boxes(stacked)
         scores = torch.tensor(unchanged, dtype=torch.float)
-        nms_thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
+        nms_thresh = max(box_nms_thresh, self.crop_nms_thresh)
         keep = batched_nms(boxes.float(), scores, torch.zeros(len(boxes)), nms_thresh)
         changed = [i for i in keep.tolist() if not unchanged[i]]
         updated = candidates.replace_masks(changed, mask_to_rle(stacked[changed]), boxes[changed])

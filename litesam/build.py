@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from .registry import get_spec
 
 def build_model(
     name: str,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
     device: str | torch.device = "cpu",
     fuse: bool | None = None,
     **options: Any,
@@ -26,7 +27,9 @@ def build_model(
     """Build a registered model in eval mode.
 
     ``checkpoint``: a file path, or ``"auto"`` to use the official file from the cache (downloading it
-    if needed); loaded strictly. With no checkpoint the weights are random.
+    if needed); loaded strictly. With no checkpoint the weights are random. Models whose official
+    weights are several files (``spec.read_checkpoint``: MobileSAM-v2) also take a folder or a mapping
+    of role -> file.
     ``fuse``: prepare for inference (:func:`prepare_for_inference`): fold BatchNorms and
     re-parameterisable branches into single convolutions, switch convolutions to channels-last memory
     and the mask decoder to its fast upscaling (same outputs to float rounding, 10-20% faster on CPU;
@@ -36,7 +39,10 @@ def build_model(
     """
     spec = get_spec(name)
     model = spec.instantiate(**options)
-    if checkpoint is not None:
+    if checkpoint is not None and spec.read_checkpoint is not None:  # several files (a folder, a mapping)
+        state = spec.read_checkpoint(checkpoint, **{**spec.options, **options})
+        load_into(model, state, spec.name, str(checkpoint), convert=spec.convert_state_dict)
+    elif checkpoint is not None:
         if str(checkpoint) == "auto":
             from .hub import fetch_checkpoint
 

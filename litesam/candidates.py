@@ -109,6 +109,10 @@ class MaskCandidates:
     def __getitem__(self, column: str) -> torch.Tensor:
         return self.columns[column]
 
+    def areas(self) -> torch.Tensor:
+        """K int64 mask areas, pixels."""
+        return torch.tensor([rle_area(counts) for counts in self.rles], dtype=torch.int64)
+
     def select(self, index: torch.Tensor) -> MaskCandidates:
         """The candidates at ``index`` (int64 indices, in that order, or a K bool mask)."""
         positions = torch.arange(len(self))[index].tolist()

@@ -98,11 +98,12 @@ class BoxSource:
     into one mask each on the whole image; each record's point is its box centre.
 
     Boxes reaching past the border are clipped to it; a box wholly outside the image is an InputError.
+    ``columns``: per-box values (K rows, e.g. a detector's ``det_score``) that the records carry.
     """
 
     multimask_output = False
 
-    def __init__(self, boxes: Any) -> None:
+    def __init__(self, boxes: Any, **columns: torch.Tensor) -> None:
         arr = np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64)
         arr = arr.reshape(0, 4) if arr.size == 0 else arr
         if arr.ndim != 2 or arr.shape[1] != 4:
@@ -111,7 +112,10 @@ class BoxSource:
             raise InputError("boxes contain NaN or infinite values")
         if ((arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])).any():
             raise InputError("boxes must have x0 <= x1 and y0 <= y1")
-        self.boxes = arr
+        for name, column in columns.items():
+            if len(column) != len(arr):
+                raise InputError(f"column {name!r} has {len(column)} rows for {len(arr)} boxes")
+        self.boxes, self.columns = arr, columns
 
     def crops(self, image_size: tuple[int, int]) -> list[CropFrame]:
         self._clipped(image_size)  # refuse boxes outside the image before anything is encoded
@@ -119,7 +123,7 @@ class BoxSource:
 
     def prompts(self, frame: CropFrame) -> tuple[Prompts, Columns]:
         boxes = self._clipped(frame.image_size)
-        return Prompts(boxes=boxes), {"points": (boxes[:, :2] + boxes[:, 2:]) / 2}
+        return Prompts(boxes=boxes), {"points": (boxes[:, :2] + boxes[:, 2:]) / 2, **self.columns}
 
     def _clipped(self, image_size: tuple[int, int]) -> torch.Tensor:
         """Kx4 float64 boxes clipped to an (H, W) image."""

@@ -45,6 +45,10 @@ class ModelSpec:
     - ``options``: the builder's keyword options with their defaults (``build_model(name, **options)``).
     - ``convert_state_dict``: maps another official layout of the same weights (renamed keys, extra
       wrappers) to the model's keys before the strict load; never a way around strictness.
+    - ``read_checkpoint(checkpoint, **options)``: for models whose official weights are several files
+      (MobileSAM-v2): reads ``checkpoint`` (a folder, a mapping of role -> file, or ``"auto"``) into
+      one state_dict with the model's keys, for the options the model was built with; ``url``,
+      ``sha256`` and ``filename`` are then unused.
     """
 
     name: str
@@ -59,6 +63,7 @@ class ModelSpec:
     kind: Kind = "promptable"
     options: Mapping[str, Any] = field(default_factory=dict)
     convert_state_dict: Callable[[StateDict], StateDict] | None = None
+    read_checkpoint: Callable[..., StateDict] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))

@@ -82,10 +82,8 @@ class FastSAM(YOLOv8):
         pred, protos = features["pred"][0].T, features["protos"][0]
         in_h, in_w = 4 * protos.shape[-2], 4 * protos.shape[-1]
         h, w = (int(v) for v in features["original_size"])
-        rows = pred[pred[:, 4] > conf]
-        boxes = torch.cat((rows[:, :2] - rows[:, 2:4] / 2, rows[:, :2] + rows[:, 2:4] / 2), 1)
-        keep = batched_nms(boxes.cpu(), rows[:, 4].cpu(), torch.zeros(len(rows)), iou)[:max_det]
-        boxes, scores, coefs = boxes[keep.to(boxes.device)], rows[keep, 4], rows[keep, 5:]
+        boxes, rows = detections(pred, conf, iou, max_det)
+        scores, coefs = rows[:, 4], rows[:, 5:]
         boxes = snap_to_full_input(boxes, in_h, in_w)
         boxes = scale_boxes(boxes, (in_h, in_w), (h, w))
         return Instances(boxes, scores, assemble_masks(protos, coefs, boxes, (h, w)))
@@ -139,12 +137,24 @@ class InstanceSource:
         return MaskCandidates.from_masks(found.masks.cpu(), frame, iou_preds=found.scores.float().cpu())
 
 
-def snap_to_full_input(boxes: torch.Tensor, in_h: int, in_w: int) -> torch.Tensor:
-    """FastSAM's ``adjust_bboxes_to_image_border`` + full-box rule on Kx4 XYXY input-frame boxes: sides
-    within 20 px of the border move onto it; a box whose IoU with the whole input exceeds 0.9 becomes
-    the whole input."""
+def detections(
+    pred: torch.Tensor, conf: float, iou: float, max_det: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's NxC head rows (xywh, one class score, extras) -> Kx4 XYXY boxes and their K rows:
+    score > ``conf`` (strictly), greedy NMS at ``iou`` in descending score order, the first ``max_det``
+    (ultralytics ``non_max_suppression`` for one class)."""
+    rows = pred[pred[:, 4] > conf]
+    boxes = torch.cat((rows[:, :2] - rows[:, 2:4] / 2, rows[:, :2] + rows[:, 2:4] / 2), 1)
+    keep = batched_nms(boxes.cpu(), rows[:, 4].cpu(), torch.zeros(len(rows)), iou)[:max_det]
+    keep = keep.to(boxes.device)
+    return boxes[keep], rows[keep]
+
+
+def snap_to_border(boxes: torch.Tensor, in_h: int, in_w: int) -> torch.Tensor:
+    """Ultralytics' ``adjust_bboxes_to_image_border`` on Kx4 XYXY input-frame boxes (a new tensor): sides
+    within 20 px of the input border (strictly) move onto it."""
     x0, y0, x1, y1 = boxes.unbind(1)
-    snapped = torch.stack(
+    return torch.stack(
         (
             torch.where(x0 < BORDER_SNAP_PX, 0.0, x0),
             torch.where(y0 < BORDER_SNAP_PX, 0.0, y0),
@@ -153,6 +163,12 @@ def snap_to_full_input(boxes: torch.Tensor, in_h: int, in_w: int) -> torch.Tenso
         ),
         1,
     )
+
+
+def snap_to_full_input(boxes: torch.Tensor, in_h: int, in_w: int) -> torch.Tensor:
+    """FastSAM's border snap (:func:`snap_to_border`) + full-box rule on Kx4 XYXY input-frame boxes: a
+    box whose IoU with the whole input exceeds 0.9 becomes the whole input."""
+    snapped = snap_to_border(boxes, in_h, in_w)
     inter = (snapped[:, 2].clamp(max=in_w) - snapped[:, 0].clamp(min=0)).clamp(min=0) * (
         snapped[:, 3].clamp(max=in_h) - snapped[:, 1].clamp(min=0)
     ).clamp(min=0)

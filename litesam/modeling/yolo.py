@@ -138,23 +138,25 @@ def _branch(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
 
 class Head(nn.Module):
     """The Detect head (``cv2`` box-bin logits, ``cv3`` class logits per level), plus the Segment head's
-    mask coefficients ``cv4`` and prototype net ``proto`` when ``nm`` > 0."""
+    mask coefficients ``cv4`` when ``nm`` > 0 and its prototype net ``proto`` when ``npr`` > 0 too
+    (MobileSAM-v2's object-aware model keeps ``cv4`` but has no prototypes)."""
 
     def __init__(self, nc: int, ch: tuple[int, ...], reg_max: int = 16, nm: int = 0, npr: int = 0) -> None:
         super().__init__()
-        self.nc, self.reg_max, self.nm = nc, reg_max, nm
+        self.nc, self.reg_max, self.nm, self.with_protos = nc, reg_max, nm, bool(nm and npr)
         c2, c3 = max(16, ch[0] // 4, reg_max * 4), max(ch[0], min(nc, 100))
         self.cv2 = nn.ModuleList(_branch(c, c2, 4 * reg_max) for c in ch)
         self.cv3 = nn.ModuleList(_branch(c, c3, nc) for c in ch)
         self.dfl = DFL(reg_max)
-        if nm:
+        if self.with_protos:
             self.proto = Proto(ch[0], npr, nm)
+        if nm:
             self.cv4 = nn.ModuleList(_branch(c, max(ch[0] // 4, nm), nm) for c in ch)
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """P3/P4/P5 features -> ``head_raw_p{3,4,5}`` (Bx(4*reg_max+nc)xhxw logits per level), ``pred``
         (Bx(4+nc+nm)xN: xywh boxes in input pixels, sigmoid class scores, mask coefficients; anchors
-        row-major per level, levels in order) and, when segmenting, ``protos`` (BxnmxH/4xW/4)."""
+        row-major per level, levels in order) and, with prototypes, ``protos`` (BxnmxH/4xW/4)."""
         out = {}
         raw = [torch.cat((box(f), cls(f)), 1) for f, box, cls in zip(feats, self.cv2, self.cv3, strict=True)]
         for level, r in enumerate(raw, start=3):
@@ -164,8 +166,9 @@ class Head(nn.Module):
         box, cls = flat.split((4 * self.reg_max, self.nc), 1)
         anchors, strides = make_anchors(feats)
         parts = [dist_to_xywh(self.dfl(box), anchors) * strides, cls.sigmoid()]
-        if self.nm:
+        if self.with_protos:
             out["protos"] = self.proto(feats[0])
+        if self.nm:
             coefs = [m(f).view(b, self.nm, -1) for f, m in zip(feats, self.cv4, strict=True)]
             parts.append(torch.cat(coefs, 2))
         out["pred"] = torch.cat(parts, 1)
@@ -201,12 +204,15 @@ def _channels(c: int, scale: YoloScale) -> int:
 class YOLOv8(nn.Module):
     """The yolov8(-seg) graph: backbone (Conv, C2f, SPPF), PAN neck, and the head as layer 22.
 
-    ``nm`` > 0 builds the Segment head (``nm`` mask coefficients, prototype width 256 scaled);
-    ``nm`` = 0 the plain Detect head. ``reg_max``: box-regression bins per side (16; 26 in MobileSAM-v2's
-    object-aware model). Input Bx3xHxW with H, W multiples of 32, RGB in [0, 1].
+    ``nm`` > 0 builds the Segment head (``nm`` mask coefficients, prototype width 256 scaled, no
+    prototype net when ``protos`` is False); ``nm`` = 0 the plain Detect head. ``reg_max``: box-regression
+    bins per side (16; 26 in MobileSAM-v2's object-aware model). Input Bx3xHxW with H, W multiples of 32,
+    RGB in [0, 1].
     """
 
-    def __init__(self, scale: str = "s", nc: int = 1, nm: int = 32, reg_max: int = 16) -> None:
+    def __init__(
+        self, scale: str = "s", nc: int = 1, nm: int = 32, reg_max: int = 16, protos: bool = True
+    ) -> None:
         super().__init__()
         s = SCALES[scale]
         c = {k: _channels(k, s) for k in (64, 128, 256, 512, 1024)}
@@ -238,7 +244,7 @@ class YOLOv8(nn.Module):
                 Conv(c[512], c[512], 3, 2),
                 nn.Identity(),  # Concat with layer 9
                 C2f(c[512] + c[1024], c[1024], n(3), False),
-                Head(nc, (c[256], c[512], c[1024]), reg_max, nm, _channels(256, s) if nm else 0),
+                Head(nc, (c[256], c[512], c[1024]), reg_max, nm, _channels(256, s) if nm and protos else 0),
             ]
         )
 
@@ -267,4 +273,3 @@ def yolo_scale_of(state: dict[str, torch.Tensor]) -> str | None:
         if widths == (stem.shape[0], sppf.shape[0]) and max(round(3 * s.depth), 1) == blocks:
             return name
     return None
-

@@ -12,6 +12,9 @@ from ..registry import ModelSpec, StateDict
 from ..utils.transforms import ImageTransform
 
 SOURCE = "CASIA-IVA-Lab/FastSAM"
+# FastSAM's README links Google Drive / Baidu copies (not downloadable by URL); ultralytics hosts the
+# same two files as release assets. SHA-256: published for FastSAM-x (as FastSAM.pt), not for FastSAM-s.
+_URL = "https://github.com/ultralytics/assets/releases/download/v8.2.0/"
 # ultralytics' letterbox to 1024 px, RGB / 255, no mean/std
 TRANSFORM = ImageTransform(
     1024, resize="letterbox", pixel_scale=255.0, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0)
@@ -41,7 +44,7 @@ MODELS = [
         name="fastsam_s",
         build=partial(build_fastsam, scale="s"),
         source=SOURCE,
-        url="https://huggingface.co/spaces/An-619/FastSAM/resolve/main/weights/FastSAM-s.pt",
+        url=_URL + "FastSAM-s.pt",
         transform=TRANSFORM,
         kind="instance",
         options=OPTIONS,
@@ -52,9 +55,8 @@ MODELS = [
         name="fastsam_x",
         build=partial(build_fastsam, scale="x"),
         source=SOURCE,
-        url="https://huggingface.co/spaces/An-619/FastSAM/resolve/main/weights/FastSAM.pt",
-        sha256="c0be4e7ddbe4c15333d15a859c676d053c486d0a746a3be6a7a9790d52a9b6d7",
-        filename="FastSAM-x.pt",
+        url=_URL + "FastSAM-x.pt",
+        sha256="c0be4e7ddbe4c15333d15a859c676d053c486d0a746a3be6a7a9790d52a9b6d7",  # 144,943,063 bytes
         transform=TRANSFORM,
         kind="instance",
         options=OPTIONS,
