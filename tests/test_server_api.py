@@ -246,7 +246,8 @@ def test_killed_server_loses_nothing_kept(tmp_path):
     out = tmp_path / "out.json"
     port = free_port()
     script = (
-        "import sys; sys.path.insert(0, '.'); from tests.web_helpers import register_tiny, TINY; register_tiny();"
+        "import sys; sys.path.insert(0, '.');"
+        "from tests.web_helpers import register_tiny, TINY; register_tiny();"
         "from litesam.server.app import Settings, serve;"
         f"serve(Settings(model=TINY, random_weights=True, port={port}, folder={str(folder)!r},"
         f" output={str(out)!r}, log_level='warning'))"
