@@ -15,6 +15,7 @@ from . import __version__
 from .distill.cli import add_parsers as add_distill_parsers
 from .errors import InputError, LitesamError, OutputError
 from .evaluation.cli import add_parser as add_eval_parser
+from .server.cli import add_parser as add_serve_parser
 
 
 def _numbers(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edges_parser(sub)
     add_distill_parsers(sub)
     add_eval_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
@@ -204,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"segment": _segment, "models": _models, "download": _download}
     commands.update(everything=_everything, edges=_edges)
     commands.update(DISTILL_COMMANDS, eval=run_eval)
+    from .server.cli import run as run_serve
+
+    commands["serve"] = run_serve
     try:
         return commands[args.command](args)
     except LitesamError as e:

@@ -1,0 +1,430 @@
+// litesam web page: plain JS, no build step. Talks only to the documented /api endpoints.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const S = {
+  imageId: null, name: null, w: 0, h: 0, scale: 1,
+  points: [], box: null, undo: [], redo: [],
+  masks: [], chosen: 0, seq: 0,
+  everything: null, hovered: -1,
+  objects: [], folder: null, index: -1,
+  models: null, encodeMs: 1000, drag: null,
+};
+window.litesamLatencies = [];  // click -> mask on screen, ms (read by tests and benchmarks)
+
+function status(text) { $("status").textContent = text; }
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    throw new Error(detail || response.statusText);
+  }
+  return body;
+}
+const postJSON = (path, data) => api(path, {
+  method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(data),
+});
+
+// -- progress while an image is encoded -------------------------------------------------------------
+function withProgress(label, promise) {
+  const bar = $("progress-bar"), box = $("progress"), start = performance.now();
+  box.hidden = false;
+  const timer = setInterval(() => {
+    const t = performance.now() - start;
+    bar.style.width = (95 * (1 - Math.exp(-t / S.encodeMs))).toFixed(1) + "%";
+    $("progress-text").textContent = `${label} ${(t / 1000).toFixed(1)} s`;
+  }, 50);
+  return promise.finally(() => { clearInterval(timer); box.hidden = true; bar.style.width = "0"; });
+}
+
+// -- models -----------------------------------------------------------------------------------------
+async function loadModels() {
+  const info = await api("/api/models");
+  S.models = info;
+  const select = $("model");
+  select.innerHTML = "";
+  for (const m of info.models) {
+    const option = new Option(m.available ? m.name : `${m.name} (needs ${m.checkpoint})`, m.name);
+    option.disabled = !m.available;
+    select.add(option);
+  }
+  select.value = info.current || "";
+  const needs = info.models.filter((m) => !m.available);
+  const note = $("needs");
+  note.hidden = !(needs.length || !info.current || info.random_weights);
+  note.innerHTML = "";
+  const line = (text) => { const p = document.createElement("p"); p.textContent = text; note.append(p); };
+  if (info.random_weights) line("Random weights (demo/timing): masks are meaningless.");
+  if (!info.current) line("No model loaded yet: pick one, or drop its checkpoint file here.");
+  for (const m of needs) {
+    line(`${m.name} needs ${m.checkpoint}` + (m.url ? ` from ${m.url}` : "") +
+      ` — drop it here or save it as ${m.checkpoint_path}`);
+  }
+}
+
+async function selectModel(name) {
+  status(`loading ${name}…`);
+  try {
+    await withProgress(`loading ${name}`, postJSON("/api/models/select", { name }));
+    await loadModels();
+    status(`model ${name}`);
+    if (S.imageId) await encodeCurrent();
+  } catch (e) { status(e.message); await loadModels(); }
+}
+
+async function uploadCheckpoint(file) {
+  const known = S.models.models.find((m) => m.checkpoint === file.name);
+  const model = known ? known.name : $("model").value;
+  const form = new FormData();
+  form.append("file", file);
+  form.append("model", model);
+  try {
+    await withProgress(`checking ${file.name}`, api("/api/checkpoints", { method: "POST", body: form }));
+    await loadModels();
+    status(`${file.name} stored; model ${model}`);
+  } catch (e) { status(e.message); }
+}
+
+// -- images -----------------------------------------------------------------------------------------
+async function showBitmap(blob) {
+  const bitmap = await createImageBitmap(blob);
+  S.w = bitmap.width; S.h = bitmap.height;
+  const stage = $("stage");
+  S.scale = Math.min(1, (stage.clientWidth - 4) / S.w, (window.innerHeight * 0.85) / S.h);
+  for (const c of [$("image"), $("overlay")]) {
+    c.width = S.w; c.height = S.h;
+    c.style.width = `${S.w * S.scale}px`; c.style.height = `${S.h * S.scale}px`;
+  }
+  stage.style.height = `${S.h * S.scale}px`;
+  $("image").getContext("2d").drawImage(bitmap, 0, 0);
+  $("drop-hint").hidden = true;
+}
+
+function resetPrompts() {
+  S.points = []; S.box = null; S.undo = []; S.redo = []; S.masks = []; S.chosen = 0; S.everything = null;
+}
+
+async function openFile(file) {
+  resetPrompts(); S.objects = [];
+  await showBitmap(file);
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const info = await withProgress("encoding", api("/api/images", { method: "POST", body: form }));
+    setImage(info);
+  } catch (e) { status(e.message); }
+}
+
+function setImage(info) {
+  S.imageId = info.image_id; S.name = info.name;
+  if (info.encode_ms > 50) S.encodeMs = info.encode_ms;
+  if (info.objects) S.objects = info.objects.map(decodedObject);
+  status(`${info.name}: ${info.width}x${info.height}, encoded in ${info.encode_ms} ms`);
+  renderObjects(); draw();
+}
+
+async function encodeCurrent() {
+  // the server keeps the pixels: the next prediction encodes them with the new model
+  if (S.folder) await openIndex(S.index); else await withProgress("encoding", predict());
+}
+
+async function loadFolder() {
+  const response = await fetch("/api/folder");
+  if (!response.ok) return;
+  S.folder = await response.json();
+  $("folder-nav").hidden = false;
+  const list = $("folder-list");
+  list.innerHTML = "";
+  S.folder.images.forEach((im) => list.add(new Option(`${im.name} (${im.objects})`, im.index)));
+  const done = S.folder.images.filter((im) => im.objects > 0).map((im) => im.index);
+  await openIndex(done.length ? Math.max(...done) : 0);
+}
+
+async function openIndex(index) {
+  if (!S.folder || index < 0 || index >= S.folder.images.length) return;
+  S.index = index; $("folder-list").value = index;
+  resetPrompts(); S.objects = [];
+  const blob = await (await fetch(`/api/folder/images/${index}`)).blob();
+  await showBitmap(blob);
+  try {
+    setImage(await withProgress("encoding", postJSON("/api/folder/open", { index })));
+  } catch (e) { status(e.message); }
+}
+
+// -- prompts and masks ------------------------------------------------------------------------------
+function snapshot() { return { points: S.points.map((p) => ({ ...p })), box: S.box && [...S.box] }; }
+function change(mutate) {
+  S.undo.push(snapshot()); S.redo = [];
+  mutate();
+  S.everything = null;
+  predict();
+}
+function restore(from, to) {
+  if (!from.length) return;
+  to.push(snapshot());
+  const s = from.pop();
+  S.points = s.points; S.box = s.box;
+  predict();
+}
+
+async function predict() {
+  const t0 = performance.now();
+  const seq = ++S.seq;
+  if (!S.imageId || (!S.points.length && !S.box)) { S.masks = []; draw(); renderCandidates(); return; }
+  try {
+    const result = await postJSON("/api/predict", {
+      image_id: S.imageId, points: S.points.map((p) => [p.x, p.y]), labels: S.points.map((p) => p.label),
+      box: S.box, multimask: true,
+    });
+    if (seq !== S.seq) return;  // a newer click is on its way
+    S.masks = result.masks.map((m) => ({ ...m, bits: rleBits(m.rle) }));
+    S.chosen = S.masks.reduce((best, m, i) => (m.score > S.masks[best].score ? i : best), 0);
+    draw(); renderCandidates();
+    await new Promise((resolve) => requestAnimationFrame(() => resolve()));
+    const ms = performance.now() - t0;
+    window.litesamLatencies.push(ms);
+    status(`${S.masks.length} masks, ${ms.toFixed(0)} ms (decoder ${result.decode_ms} ms)`);
+  } catch (e) { if (seq === S.seq) status(e.message); }
+}
+
+// Uncompressed column-major RLE (zeros first) -> Uint8Array of h*w (row-major) 0/1.
+function rleBits(rle) {
+  const [h, w] = rle.size, bits = new Uint8Array(h * w);
+  let pos = 0;
+  rle.counts.forEach((n, i) => {
+    if (i % 2) for (let p = pos; p < pos + n; p++) bits[(p % h) * w + ((p / h) | 0)] = 1;
+    pos += n;
+  });
+  return bits;
+}
+
+function bitsToRle(bits, h, w) {
+  const counts = [];
+  let value = 0, run = 0;
+  for (let x = 0; x < w; x++) for (let y = 0; y < h; y++) {
+    const b = bits[y * w + x];
+    if (b !== value) { counts.push(run); run = 0; value = b; }
+    run++;
+  }
+  counts.push(run);
+  return { size: [h, w], counts };
+}
+
+// -- drawing ----------------------------------------------------------------------------------------
+const COLOURS = Array.from({ length: 64 }, (_, i) => {
+  const hue = (i * 137.5) % 360, c = 0.7, x = c * (1 - Math.abs(((hue / 60) % 2) - 1));
+  const [r, g, b] = hue < 60 ? [c, x, 0] : hue < 120 ? [x, c, 0] : hue < 180 ? [0, c, x]
+    : hue < 240 ? [0, x, c] : hue < 300 ? [x, 0, c] : [c, 0, x];
+  return [(r + 0.3) * 255, (g + 0.3) * 255, (b + 0.3) * 255].map((v) => Math.min(255, v | 0));
+});
+
+function draw() {
+  const canvas = $("overlay"), ctx = canvas.getContext("2d");
+  if (!S.w) return;
+  const image = ctx.createImageData(S.w, S.h), px = new Uint32Array(image.data.buffer);
+  const rgba = (r, g, b, a) => (a << 24) | (b << 16) | (g << 8) | r;
+  const kept = rgba(40, 200, 90, 90);
+  for (const o of S.objects) for (let i = 0; i < o.bits.length; i++) if (o.bits[i]) px[i] = kept;
+  if (S.everything) {
+    const { labels } = S.everything;
+    for (let i = 0; i < labels.length; i++) {
+      const k = labels[i];
+      if (k < 0) continue;
+      const [r, g, b] = COLOURS[k % COLOURS.length];
+      px[i] = k === S.hovered ? rgba(255, 255, 255, 190) : rgba(r, g, b, 130);
+    }
+  } else if (S.masks[S.chosen]) {
+    const bits = S.masks[S.chosen].bits, blue = rgba(30, 144, 255, 140);
+    for (let i = 0; i < bits.length; i++) if (bits[i]) px[i] = blue;
+  }
+  ctx.putImageData(image, 0, 0);
+  const r = Math.max(3, 6 / S.scale);
+  for (const p of S.points) {
+    ctx.beginPath(); ctx.arc(p.x, p.y, r, 0, 2 * Math.PI);
+    ctx.fillStyle = p.label ? "#2e2" : "#e22"; ctx.fill();
+    ctx.lineWidth = r / 3; ctx.strokeStyle = "#fff"; ctx.stroke();
+  }
+  const box = S.drag && S.drag.moved ? S.drag.box : S.box;
+  if (box) {
+    ctx.lineWidth = Math.max(2, 2 / S.scale); ctx.strokeStyle = "#ff0";
+    ctx.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+  }
+}
+
+function renderCandidates() {
+  const div = $("candidates");
+  div.innerHTML = "";
+  S.masks.forEach((m, i) => {
+    const b = document.createElement("button");
+    b.textContent = `${i + 1}: ${m.score.toFixed(2)}`;
+    b.className = i === S.chosen ? "chosen" : "";
+    b.onclick = () => { S.chosen = i; draw(); renderCandidates(); };
+    div.append(b);
+  });
+}
+
+function decodedObject(o) { return { ...o, bits: rleBits(o.rle) }; }
+
+function renderObjects() {
+  const list = $("objects");
+  list.innerHTML = "";
+  for (const o of S.objects) {
+    const li = document.createElement("li"), span = document.createElement("span"),
+      del = document.createElement("button");
+    span.textContent = `${o.label} (${o.area} px)`;
+    del.textContent = "×"; del.title = "delete";
+    del.onclick = async () => {
+      try {
+        await api(`/api/annotations/${o.id}`, { method: "DELETE" });
+        S.objects = S.objects.filter((x) => x.id !== o.id); renderObjects(); draw();
+      } catch (e) { status(e.message); }
+    };
+    li.append(span, del); list.append(li);
+  }
+}
+
+// -- actions ----------------------------------------------------------------------------------------
+async function everything() {
+  if (!S.imageId) return;
+  try {
+    const result = await withProgress("segmenting everything", postJSON("/api/everything", { image_id: S.imageId }));
+    const labels = new Int32Array(S.w * S.h).fill(-1);
+    const records = result.records.map((r) => ({ ...r, bits: rleBits(r.segmentation) }));
+    records.forEach((r, k) => { for (let i = 0; i < r.bits.length; i++) if (r.bits[i]) labels[i] = k; });
+    S.everything = { labels, records }; S.hovered = -1;
+    status(`${records.length} masks`); draw();
+  } catch (e) { status(e.message); }
+}
+
+async function keep() {
+  const mask = S.masks[S.chosen];
+  if (!S.imageId || !mask) return;
+  try {
+    const object = await postJSON("/api/annotations", {
+      image_id: S.imageId, rle: mask.rle || bitsToRle(mask.bits, S.h, S.w), label: $("label").value, score: mask.score,
+    });
+    S.objects.push(decodedObject({ ...object, label: $("label").value || "object", rle: mask.rle }));
+    if (S.folder) S.folder.images[S.index].objects++;
+    resetPrompts(); renderObjects(); renderCandidates(); draw();
+    status(`kept ${object.id}`);
+  } catch (e) { status(e.message); }
+}
+
+function download(blob, name) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob); a.download = name;
+  document.body.append(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+function downloadMask() {
+  const mask = S.masks[S.chosen];
+  if (!mask) return status("no mask to download");
+  const canvas = document.createElement("canvas");
+  canvas.width = S.w; canvas.height = S.h;
+  const ctx = canvas.getContext("2d"), image = ctx.createImageData(S.w, S.h), px = new Uint32Array(image.data.buffer);
+  for (let i = 0; i < mask.bits.length; i++) px[i] = mask.bits[i] ? 0xffffffff : 0xff000000;
+  ctx.putImageData(image, 0, 0);
+  canvas.toBlob((blob) => download(blob, `${(S.name || "image").replace(/\.[^.]*$/, "")}_mask.png`), "image/png");
+}
+
+async function downloadCoco() {
+  const response = await fetch("/api/annotations/coco");
+  download(await response.blob(), "annotations.json");
+}
+
+// -- events -----------------------------------------------------------------------------------------
+function imagePoint(e) {
+  const rect = $("overlay").getBoundingClientRect();
+  const clamp = (v, hi) => Math.max(0, Math.min(hi - 1, v));
+  return [clamp((e.clientX - rect.left) / S.scale, S.w), clamp((e.clientY - rect.top) / S.scale, S.h)];
+}
+
+function bindEvents() {
+  const overlay = $("overlay");
+  overlay.addEventListener("contextmenu", (e) => e.preventDefault());
+  overlay.addEventListener("mousedown", (e) => {
+    if (!S.imageId) return;
+    const [x, y] = imagePoint(e);
+    if (e.button === 2) { change(() => S.points.push({ x, y, label: 0 })); return; }
+    if (e.button === 0) S.drag = { x, y, shift: e.shiftKey, moved: false, box: null };
+  });
+  overlay.addEventListener("mousemove", (e) => {
+    const [x, y] = imagePoint(e);
+    if (S.drag) {
+      if (Math.abs(x - S.drag.x) + Math.abs(y - S.drag.y) > 4 / S.scale) S.drag.moved = true;
+      S.drag.box = [Math.min(x, S.drag.x), Math.min(y, S.drag.y), Math.max(x, S.drag.x), Math.max(y, S.drag.y)];
+      if (S.drag.moved) draw();
+    } else if (S.everything) {
+      const k = S.everything.labels[(y | 0) * S.w + (x | 0)];
+      if (k !== S.hovered) { S.hovered = k; draw(); }
+    }
+  });
+  window.addEventListener("mouseup", (e) => {
+    const drag = S.drag;
+    S.drag = null;
+    if (!drag) return;
+    if (drag.moved) { change(() => { S.box = drag.box; }); return; }
+    const [x, y] = imagePoint(e);
+    if (S.everything) {
+      const k = S.everything.labels[(y | 0) * S.w + (x | 0)];
+      if (k >= 0) {
+        const r = S.everything.records[k];
+        S.masks = [{ rle: r.segmentation, bits: r.bits, score: r.predicted_iou, area: r.area }];
+        S.chosen = 0; S.everything = null; draw(); renderCandidates();
+      }
+      return;
+    }
+    change(() => S.points.push({ x, y, label: drag.shift ? 0 : 1 }));
+  });
+  $("file").addEventListener("change", (e) => e.target.files[0] && openFile(e.target.files[0]));
+  $("model").addEventListener("change", (e) => selectModel(e.target.value));
+  $("undo").onclick = () => restore(S.undo, S.redo);
+  $("redo").onclick = () => restore(S.redo, S.undo);
+  $("clear").onclick = () => change(() => { S.points = []; S.box = null; });
+  $("everything").onclick = everything;
+  $("keep").onclick = keep;
+  $("download-mask").onclick = downloadMask;
+  $("download-coco").onclick = downloadCoco;
+  $("prev").onclick = () => openIndex(S.index - 1);
+  $("next").onclick = () => openIndex(S.index + 1);
+  $("folder-list").addEventListener("change", (e) => openIndex(Number(e.target.value)));
+  document.addEventListener("keydown", (e) => {
+    if (e.target.tagName === "INPUT" || e.target.tagName === "SELECT") {
+      if (e.key === "Enter" && e.target.id === "label") keep();
+      return;
+    }
+    const keys = {
+      z: () => restore(S.undo, S.redo), y: () => restore(S.redo, S.undo), Escape: () => $("clear").click(),
+      e: everything, k: keep, Enter: keep, n: () => openIndex(S.index + 1), p: () => openIndex(S.index - 1),
+      ArrowRight: () => openIndex(S.index + 1), ArrowLeft: () => openIndex(S.index - 1),
+    };
+    if (keys[e.key]) { e.preventDefault(); keys[e.key](); } else if (/^[1-9]$/.test(e.key) && S.masks[e.key - 1]) {
+      S.chosen = e.key - 1; draw(); renderCandidates();
+    }
+  });
+  const stage = $("stage");
+  stage.addEventListener("dragover", (e) => { e.preventDefault(); stage.classList.add("dragging"); });
+  stage.addEventListener("dragleave", () => stage.classList.remove("dragging"));
+  stage.addEventListener("drop", (e) => {
+    e.preventDefault(); stage.classList.remove("dragging");
+    const file = e.dataTransfer.files[0];
+    if (!file) return;
+    if (/\.(pt|pth|pth\.tar|zip|bin|safetensors)$/i.test(file.name)) uploadCheckpoint(file); else openFile(file);
+  });
+}
+
+async function main() {
+  bindEvents();
+  try {
+    await loadModels();
+    const health = await api("/api/health");
+    if (health.last_encode_ms) S.encodeMs = health.last_encode_ms;
+    status(health.model ? `model ${health.model}` : (health.model_error || "no model loaded"));
+    await loadFolder();
+  } catch (e) { status(e.message); }
+  document.body.dataset.ready = "1";
+}
+main();

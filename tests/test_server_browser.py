@@ -1,0 +1,112 @@
+"""The page in a real browser (Playwright driving the system chromium): load, click, box, everything, COCO."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is not installed")
+
+from tests.web_helpers import png_bytes, running  # noqa: E402
+
+CHROMIUM = next(
+    (
+        p
+        for p in (
+            os.environ.get("LITESAM_CHROMIUM"),
+            shutil.which("chromium"),
+            shutil.which("chromium-browser"),
+            "/usr/bin/chromium",
+        )
+        if p and Path(p).is_file()
+    ),
+    None,
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium found (apt-get install chromium; or set LITESAM_CHROMIUM); .ci/run installs it",
+)
+
+OVERLAY_ALPHA = (
+    "([x, y]) => document.getElementById('overlay').getContext('2d').getImageData(x, y, 1, 1).data[3]"
+)
+
+
+def overlay_pixels(page) -> int:
+    return page.evaluate("""() => { const c = document.getElementById('overlay');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+
+
+def click_at(page, x: float, y: float, **options) -> None:
+    box = page.locator("#overlay").bounding_box()
+    scale = page.evaluate("() => document.getElementById('overlay').getBoundingClientRect().width") / 320
+    page.mouse.click(box["x"] + x * scale, box["y"] + y * scale, **options)
+
+
+def test_click_box_everything_keep_and_download(tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(png_bytes(240, 320))
+    with running(points_per_side=2) as (base, _), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800}, accept_downloads=True)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-ready='1']")
+            assert page.locator("#model option").count() > 1
+            page.set_input_files("#file", str(image))
+            page.wait_for_function("() => document.getElementById('status').textContent.includes('encoded')")
+            assert overlay_pixels(page) == 0
+
+            click_at(page, 100, 80)  # foreground point
+            page.wait_for_function("() => window.litesamLatencies.length === 1")
+            assert overlay_pixels(page) > 200  # the mask (and the point) appeared
+            assert page.locator("#candidates button").count() == 3
+
+            click_at(page, 300, 220, button="right")  # background point
+            page.wait_for_function("() => window.litesamLatencies.length === 2")
+            page.keyboard.press("z")  # undo -> one point again
+            page.wait_for_function("() => window.litesamLatencies.length === 3")
+            page.keyboard.press("Escape")  # clear
+            page.wait_for_function(
+                "() => window.litesamLatencies.length === 3 && "
+                "document.getElementById('candidates').children.length === 0"
+            )
+            assert overlay_pixels(page) == 0
+
+            box = page.locator("#overlay").bounding_box()
+            s = box["width"] / 320
+            page.mouse.move(box["x"] + 40 * s, box["y"] + 40 * s)
+            page.mouse.down()
+            page.mouse.move(box["x"] + 200 * s, box["y"] + 160 * s, steps=5)
+            page.mouse.up()
+            page.wait_for_function("() => window.litesamLatencies.length === 4")
+            assert overlay_pixels(page) > 200
+            assert page.evaluate(OVERLAY_ALPHA, [40, 100]) > 0  # the yellow box edge
+
+            page.fill("#label", "square")
+            page.click("#keep")
+            page.wait_for_selector("#objects li")
+            assert "square" in page.inner_text("#objects")
+
+            with page.expect_download() as download:
+                page.click("#download-coco")
+            coco = json.loads(Path(download.value.path()).read_text())
+            assert [c["name"] for c in coco["categories"]] == ["square"]
+            assert coco["images"][0]["file_name"] == "photo.png" and coco["images"][0]["width"] == 320
+            assert coco["annotations"][0]["area"] > 0 and len(coco["annotations"][0]["bbox"]) == 4
+
+            page.click("#everything")
+            page.wait_for_function(
+                "() => /^\\d+ masks$/.test(document.getElementById('status').textContent)", timeout=60_000
+            )
+            assert errors == []
+        finally:
+            browser.close()
