@@ -232,7 +232,7 @@ def test_prepared_input_is_resized_normalized_and_padded(tmp_path):
     assert x[:, 32:].abs().max() == 0  # 20x40 -> 32x64, padded at the bottom
 
 
-@pytest.mark.parametrize("name", litesam.list_models())
+@pytest.mark.parametrize("name", litesam.list_models(kind="promptable"))
 def test_stored_embeddings_are_what_the_predictor_computes_for_every_model(name, tmp_path):
     # The model's own transform (resize policy, pixel units, padding) in front of a cheap stand-in encoder:
     # what `distill embed` stores must be what `Predictor.encode` computes, for every registered transform.

@@ -93,3 +93,65 @@ def test_bad_arguments_are_refused(tmp_path):
         finetune_decoder(model, model, [], tmp_path)
     with pytest.raises(ValueError, match="at least 1"):
         finetune_decoder(model, model, [photo()], tmp_path, epochs=0)
+
+
+def three_images(folder):
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for seed in range(3):
+        paths.append(folder / f"img{seed}.png")
+        Image.fromarray(photo(seed=seed)).save(paths[-1])
+    return paths
+
+
+class CrashAfter:
+    """Forward hook raising on its ``n``-th call: the process is killed there."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self, *_: object) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt("killed")
+
+
+def test_a_killed_finetuning_resumes_to_the_same_weights(tmp_path):
+    images = three_images(tmp_path)
+    teacher = crisp_teacher()
+    settings = dict(epochs=2, num_points=2, multimask=False, lr=1e-4, progress=False, save_every=2)
+    clean = finetune_decoder(noisy_student(teacher), teacher, images, tmp_path / "clean", **settings)
+    student = noisy_student(teacher)
+    hook = student.image_encoder.register_forward_hook(CrashAfter(4))  # killed in step 4 (after a save)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_decoder(student, teacher, images, tmp_path / "killed", **settings)
+    hook.remove()
+    with pytest.raises(ValueError, match="--resume"):
+        finetune_decoder(noisy_student(teacher), teacher, images, tmp_path / "killed", **settings)
+    with pytest.raises(ValueError, match="lr"):
+        finetune_decoder(noisy_student(teacher), teacher, images, tmp_path / "killed", resume=True,
+                         **dict(settings, lr=1.0))  # fmt: skip
+    resumed = finetune_decoder(noisy_student(teacher), teacher, images, tmp_path / "killed", resume=True,
+                               **settings)  # fmt: skip
+    assert resumed.losses == clean.losses and len(clean.losses) == 6
+    final, reference = read_state_dict(resumed.checkpoint), read_state_dict(clean.checkpoint)
+    assert all(torch.equal(final[k], v) for k, v in reference.items())
+
+
+def test_stored_teacher_embeddings_replace_the_teachers_encoder(tmp_path):
+    from litesam.distill.embeddings import embed_images
+
+    images = three_images(tmp_path / "images")
+    teacher = crisp_teacher()
+    embed_images(teacher, tmp_path / "images", tmp_path / "emb", "tiny", progress=False)
+    settings = dict(num_points=2, multimask=False, lr=1e-4, progress=False)
+    encoded = finetune_decoder(noisy_student(teacher), teacher, images, tmp_path / "a", **settings)
+    calls = CrashAfter(10**9)
+    teacher.image_encoder.register_forward_hook(calls)
+    stored = finetune_decoder(noisy_student(teacher), teacher, images, tmp_path / "b",
+                              embeddings=tmp_path / "emb", **settings)  # fmt: skip
+    assert calls.calls == 0  # the teacher's encoder never ran
+    assert stored.losses == pytest.approx(encoded.losses, rel=2e-2)  # float16 store
+    with pytest.raises(ValueError, match="has no embedding"):
+        finetune_decoder(noisy_student(teacher), teacher, [*images, tmp_path / "elsewhere.png"],
+                         tmp_path / "c", embeddings=tmp_path / "emb", **settings)  # fmt: skip

@@ -133,6 +133,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--num-points", type=int, default=8, help="point prompts per image (default 8)")
     tune.add_argument("--no-boxes", action="store_true", help="no box prompts")
     tune.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
+    tune.add_argument(
+        "--embeddings",
+        help="the teacher's stored embeddings of --images (`distill embed`): its encoder then never runs",
+    )
+    tune.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    tune.add_argument(
+        "--save-every", type=int, default=100, help="checkpoint every N steps and at epoch ends"
+    )
     tune.add_argument("--seed", type=int, default=0, help="seed of the prompts and image order")
 
     for p in (embed, train, tune):
@@ -253,15 +261,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from ..utils.parallel import join_process_group
     from .finetune import finetune_decoder
 
-    device = _device(args)
-    teacher = _teacher(args, device, fuse=False)
-    name, student = _student(args, device)
+    rank, _, device = join_process_group(args.device)  # torchrun: each process fine-tunes on its images
+    teacher = _teacher(args, str(device), fuse=False)
+    name, student = _student(args, str(device))
     result = finetune_decoder(
         student, teacher, _images(args.images), args.out, epochs=args.epochs,
         num_points=args.num_points, boxes=not args.no_boxes, lr=args.lr, seed=args.seed,
-        progress=not args.no_progress, meta={_META_STUDENT: name, "teacher": args.teacher},
+        progress=not args.no_progress and rank == 0, meta={_META_STUDENT: name, "teacher": args.teacher},
+        embeddings=args.embeddings, resume=args.resume, save_every=args.save_every,
     )  # fmt: skip
     print(f"fine-tuned student written to {result.checkpoint}")
     return 0

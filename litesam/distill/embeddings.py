@@ -323,6 +323,10 @@ def embed_images(
     root = Path(images).resolve()
     if not root.is_dir():
         raise InputError(f"image folder not found: {root}")
+    if teacher.transform.resize == "letterbox":
+        raise InputError(
+            "the teacher must be a SAM-like model with a fixed-size embedding, not a YOLO-style one"
+        )
     header = {
         "format": FORMAT,
         "teacher": teacher_name,

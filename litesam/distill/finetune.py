@@ -2,19 +2,23 @@
 learns to give the teacher's masks on top of the (frozen) distilled encoder.
 
 ``finetune_decoder(student, teacher, images, out, epochs=1, num_points=8, boxes=True, multimask=True,
-lr=1e-5, weight_decay=0.1, max_grad_norm=1.0, mask_side=256, seed=0, progress=True, meta=None)
--> FinetuneResult``
+lr=1e-5, weight_decay=0.1, max_grad_norm=1.0, mask_side=256, seed=0, progress=True, meta=None,
+embeddings=None, resume=False, save_every=100) -> FinetuneResult``
 
 - ``student``: an unfused :class:`~litesam.modeling.Sam` (``build_model(name, checkpoint, fuse=False)``) whose
   image encoder was distilled; ``teacher``: the SAM whose masks are the targets.
-- ``images``: image paths (or arrays), visited once per epoch in a seeded random order, one image per step.
+- ``images``: image paths (or arrays), visited once per epoch in an order drawn from ``(seed, epoch)``,
+  one image per step (per process under torchrun).
 - ``out``: the folder that receives ``finetuned.pt``.
+- ``embeddings``: the teacher's stored embeddings of the images (``litesam distill embed``): then the
+  teacher's encoder never runs, only its light decoder.
 
 What trains: the mask decoder only. The image encoder (already distilled) and the prompt encoder (carried
 over from the teacher, so prompts keep their meaning) are frozen.
 
-Targets, per step: ``num_points`` single foreground-point prompts drawn uniformly over the image and, with
-``boxes``, the bounding boxes of the teacher's (non-empty) point masks; for each prompt the teacher's
+Targets, per step: ``num_points`` single foreground-point prompts drawn uniformly over the image (from a
+generator seeded by ``(seed, epoch, image)``, so a step's prompts do not depend on what ran before it) and,
+with ``boxes``, the bounding boxes of the teacher's (non-empty) point masks; for each prompt the teacher's
 single-mask output and, with ``multimask``, its three multimask outputs, thresholded to binary masks.
 Student and teacher masks are compared in the image frame scaled to ``mask_side`` pixels on its longest
 side (the same for any pair of models, whatever their input sizes).
@@ -23,10 +27,11 @@ Loss, as SAM's: 20 x sigmoid focal loss + 1 x dice loss on the mask logits, plus
 decoder's predicted IoU and the IoU of its (thresholded) mask with the teacher's. AdamW, gradients clipped
 to ``max_grad_norm``; no augmentation beyond the models' own resize and pad (the random prompts vary the
 targets), and both models stay in eval mode (SAM's decoder has no dropout or batch norm). A progress bar
-shows the loss, images/s and the ETA. The full model state_dict is written atomically to
-``out/finetuned.pt`` at every epoch end (``{"model": state_dict, "meta": {**meta, "stage", "epoch",
-"steps"}}``; pass ``meta={"student": name}`` so the file names its model): it loads with
-``build_model(name, checkpoint=out / "finetuned.pt")``.
+shows the loss, images/s and the ETA. The model state_dict, the optimizer and the position are written
+atomically to ``out/finetuned.pt`` every ``save_every`` steps and at every epoch end (``{"model":
+state_dict, "meta": {**meta, "stage", "epoch", "steps"}, ...}``; pass ``meta={"student": name}`` so the
+file names its model): it loads with ``build_model(name, checkpoint=out / "finetuned.pt")``, and
+``resume=True`` continues a killed run to the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -39,15 +44,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..checkpoint import load_checkpoint
+from ..errors import InputError
 from ..modeling.sam import Sam
 from ..predictor import ImageState, Prediction, Predictor
 from ..prompts import Prompts
 from ..utils.image import ImageInput, load_image
-from ..utils.io import atomic_torch_save
+from ..utils.io import atomic_torch_save, writable_folder
 from ..utils.transforms import resized_shape
+from .embeddings import EmbeddingStore
 from .evaluate import boxes_from_masks, sample_points
 
 FOCAL_WEIGHT = 20.0  # SAM: focal and dice losses in a 20:1 ratio
@@ -128,6 +137,7 @@ def _teacher_targets(
 def _image_loss(
     ref: Predictor,
     pred: Predictor,
+    teacher_state: ImageState,
     rgb: np.ndarray,
     rng: np.random.Generator,
     num_points: int,
@@ -136,7 +146,6 @@ def _image_loss(
     mask_side: int,
 ) -> torch.Tensor:
     """The student's decoder loss, summed over one image's sampled prompt sets and output kinds."""
-    teacher_state = ref.encode(rgb)
     student_state = pred.encode(rgb).clone()  # ordinary tensors: inference tensors cannot enter autograd
     side = resized_shape(rgb.shape[0], rgb.shape[1], mask_side)
     loss = torch.zeros((), device=pred.device)
@@ -165,16 +174,33 @@ def finetune_decoder(
     seed: int = 0,
     progress: bool = True,
     meta: dict[str, str] | None = None,
+    embeddings: EmbeddingStore | str | os.PathLike | None = None,
+    resume: bool = False,
+    save_every: int = 100,
 ) -> FinetuneResult:
-    """Train ``student.mask_decoder`` on ``teacher``'s masks for sampled prompts; see the module docstring."""
+    """Train ``student.mask_decoder`` on ``teacher``'s masks for sampled prompts; see the module docstring.
+
+    ``embeddings``: a store of the teacher's embeddings of these images (``distill embed``): the teacher's
+    encoder then never runs. ``resume``: continue from ``out/finetuned.pt`` (same settings) exactly where
+    it stopped; without it an existing file is an error. ``save_every``: steps between checkpoints (and
+    at every epoch end). Under torchrun each process takes its own images of every step and the decoder
+    gradients are averaged; rank 0 writes.
+    """
     if not images:
-        raise ValueError("no images to fine-tune on")
+        raise InputError("no images to fine-tune on")
     if epochs < 1 or num_points < 1:
-        raise ValueError(f"epochs and num_points must be at least 1, got {epochs} and {num_points}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+        raise InputError(f"epochs and num_points must be at least 1, got {epochs} and {num_points}")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    steps_per_epoch = len(images) // world
+    if steps_per_epoch == 0:
+        raise InputError(f"{len(images)} image(s) are fewer than the {world} processes")
+    out = writable_folder(out)
+    path = out / CHECKPOINT_NAME
+    settings = {"epochs": epochs, "num_points": num_points, "boxes": boxes, "multimask": multimask, "lr": lr,
+                "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "mask_side": mask_side,
+                "seed": seed, "images": len(images), "world_size": world}  # fmt: skip
     ref, pred = Predictor(teacher), Predictor(student)  # both in eval mode; encoders run without gradients
+    teacher_states = _StoredStates(embeddings, images, teacher) if embeddings is not None else None
     trainable = {p: p.requires_grad for p in student.parameters()}
     student.requires_grad_(False)
     student.mask_decoder.requires_grad_(True)
@@ -182,26 +208,98 @@ def finetune_decoder(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     outputs = (False, True) if multimask else (False,)
     losses: list[float] = []
-    path = out / CHECKPOINT_NAME
-    bar = tqdm(total=epochs * len(images), desc="finetune decoder", unit="image", disable=not progress)
-    start = time.perf_counter()
+    epoch = position = 0
+    if resume:
+        epoch, position, losses = _restore(path, student, optimizer, settings)
+    elif path.exists():
+        raise InputError(
+            f"{path} exists: pass --resume (resume=True in Python) to continue, or another --out"
+        )
+
+    def save() -> None:
+        if rank == 0:
+            info = {**(meta or {}), "stage": "finetune-decoder", "epoch": epoch, "steps": len(losses)}
+            state = {"model": student.state_dict(), "meta": info, "optimizer": optimizer.state_dict(),
+                     "position": position, "losses": losses, "settings": settings}  # fmt: skip
+            atomic_torch_save(state, path)
+
+    total = epochs * steps_per_epoch
+    bar = tqdm(total=total, initial=len(losses), desc="finetune decoder", unit="step",
+               disable=not progress or rank > 0)  # fmt: skip
+    start, done_before = time.perf_counter(), len(losses)
     try:
-        for epoch in range(epochs):
-            for index in rng.permutation(len(images)):
-                rgb = load_image(images[index])
-                loss = _image_loss(ref, pred, rgb, rng, num_points, boxes, outputs, mask_side)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                optimizer.step()
-                losses.append(loss.item())
-                bar.update()
-                rate = len(losses) / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.2f}")
-            info = {**(meta or {}), "stage": "finetune-decoder", "epoch": epoch + 1, "steps": len(losses)}
-            atomic_torch_save({"model": student.state_dict(), "meta": info}, path)
+        while epoch < epochs:
+            order = np.random.default_rng((seed, epoch)).permutation(len(images))
+            index = int(order[position * world + rank])
+            rgb = load_image(images[index])
+            rng = np.random.default_rng((seed, epoch, index))  # this image's prompts, whoever draws them
+            teacher_state = teacher_states.state(index, rgb) if teacher_states else ref.encode(rgb)
+            loss = _image_loss(ref, pred, teacher_state, rgb, rng, num_points, boxes, outputs, mask_side)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            reported = loss.detach()
+            if world > 1:
+                for p in params:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+                dist.all_reduce(reported)
+                reported /= world
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            losses.append(reported.item())
+            position += 1
+            if position == steps_per_epoch:
+                epoch, position = epoch + 1, 0
+                save()
+            elif len(losses) % save_every == 0:
+                save()
+            bar.update()
+            rate = (len(losses) - done_before) / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate * world:.2f}")
     finally:
         bar.close()
         for p, flag in trainable.items():
             p.requires_grad_(flag)
     return FinetuneResult(path, tuple(losses))
+
+
+class _StoredStates:
+    """The teacher's image states read from an embedding store instead of running its encoder."""
+
+    def __init__(self, store: EmbeddingStore | str | os.PathLike, images: Sequence[ImageInput], teacher: Sam):
+        self.store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+        self.store.check_transform(teacher.transform, "the teacher")
+        self.transform, self.device = teacher.transform, teacher.device
+        where = {self.store.image_path(i).resolve(): i for i in range(len(self.store))}
+        self.entries = []
+        for image in images:
+            if not isinstance(image, (str, os.PathLike)) or Path(image).resolve() not in where:
+                raise InputError(
+                    f"{image} has no embedding in {self.store.root} (run `litesam distill embed`)"
+                )
+            self.entries.append(where[Path(image).resolve()])
+
+    def state(self, index: int, rgb: np.ndarray) -> ImageState:
+        embedding = self.store.embedding(self.entries[index]).float()[None].to(self.device)
+        size = (rgb.shape[0], rgb.shape[1])
+        return ImageState(
+            {"image_embeddings": embedding}, size, self.transform.input_size(size), self.transform
+        )
+
+
+def _restore(
+    path: Path, student: Sam, optimizer: torch.optim.Optimizer, settings: dict[str, object]
+) -> tuple[int, int, list[float]]:
+    """Load a fine-tuning checkpoint; (epoch, position, losses so far) to continue from."""
+    if not path.is_file():
+        raise InputError(f"nothing to resume: {path} does not exist")
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "settings" not in state:
+        raise InputError(f"{path} is not a resumable fine-tuning checkpoint")
+    changed = {k: (v, settings.get(k)) for k, v in state["settings"].items() if settings.get(k) != v}
+    if changed:
+        text = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+        raise InputError(f"cannot resume {path} with other settings ({text})")
+    student.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["meta"]["epoch"], state["position"], list(state["losses"])
