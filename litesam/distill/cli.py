@@ -84,6 +84,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--out", required=True, help="embedding store folder")
     embed.add_argument("--batch-size", type=int, default=8, help="images per teacher forward (default 8)")
     embed.add_argument("--shard-size", type=int, default=256, help="embeddings per shard file (default 256)")
+    embed.add_argument(
+        "--teacher-dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="run the teacher in bf16/fp16 autocast (CUDA GPUs; ~2x faster; default fp32)",
+    )
 
     merge = stages.add_parser(
         "merge",
@@ -219,7 +225,7 @@ def _embed(args: argparse.Namespace) -> int:
     summary = embed_images(
         teacher, args.images, args.out, args.teacher, batch_size=args.batch_size, shard_size=args.shard_size,
         device=device, num_workers=args.workers, progress=not args.no_progress and rank == 0, rank=rank,
-        world_size=world,
+        world_size=world, teacher_dtype=args.teacher_dtype,
     )  # fmt: skip
     where = f" (process {rank} of {world}; the parts are merged into {args.out})" if world > 1 else ""
     print(

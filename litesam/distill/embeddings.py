@@ -41,6 +41,7 @@ from ..utils.transforms import ImageTransform
 
 FORMAT = "litesam-embeddings/1"
 INDEX = "index.jsonl"
+_AUTOCAST = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = "parts"  # per-process stores of a many-process embed run, merged into the store at the end
 
 
@@ -306,6 +307,7 @@ def embed_images(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    teacher_dtype: str = "fp32",
 ) -> EmbedSummary:
     """Embed every image under the folder ``images`` (recursively; SA-1B's jpg + json layout or a plain
     folder) with ``teacher.encode`` into the store ``out``; resumes a previous run into ``out``.
@@ -319,6 +321,9 @@ def embed_images(
     safety and resume); when all have finished (a barrier of the process group, if there is one), rank 0
     moves the parts into ``out`` with :func:`merge_parts`, in the single-process order, so the index is
     the one a single process would have written. Parts of another world size are refused.
+
+    ``teacher_dtype``: ``"bf16"`` / ``"fp16"`` run the teacher under CUDA autocast (GPUs only; the store
+    is float16 either way, and the header records the choice).
     """
     root = Path(images).resolve()
     if not root.is_dir():
@@ -335,6 +340,12 @@ def embed_images(
         "shard_size": shard_size,
         "images_root": str(root),
     }
+    if teacher_dtype not in _AUTOCAST:
+        raise InputError(f"teacher_dtype must be one of {', '.join(_AUTOCAST)}, got {teacher_dtype!r}")
+    if teacher_dtype != "fp32":
+        if torch.device(device).type != "cuda":
+            raise InputError(f"a {teacher_dtype} teacher needs a CUDA GPU; use fp32 on {device}")
+        header["teacher_dtype"] = teacher_dtype
     found = [job.path.relative_to(root).as_posix() for job in find_images([root], recursive=True)]
     if world_size == 1:
         writer = _Writer(Path(out), header)
@@ -360,7 +371,9 @@ def embed_images(
             failed.extend(f"{todo[i]}: {err}" for i, x, err in batch if x is None)
             if good:
                 x = torch.stack([x for _, x in good]).to(device, non_blocking=True)
-                emb = teacher.encode(x)["image_embeddings"].float().cpu().numpy().astype(np.float16)
+                with torch.autocast("cuda", dtype=_AUTOCAST[teacher_dtype], enabled=teacher_dtype != "fp32"):
+                    emb = teacher.encode(x)["image_embeddings"]
+                emb = emb.float().cpu().numpy().astype(np.float16)
                 writer.append([todo[i] for i, _ in good], emb)
             bar.update(len(batch))
     for line in failed:
