@@ -135,3 +135,27 @@ def test_cli_writes_a_resumable_json_report(dataset, tmp_path, monkeypatch, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("litesam eval: error: 1 of 3 annotated image(s) missing") and err.count("\n") == 1
+
+
+def test_processes_share_the_images_and_their_logs_make_one_report(dataset, tmp_path, monkeypatch, capsys):
+    # torchrun's processes, one after the other: each segments every 2nd image into its own log, and the
+    # last (rank 0) reads the other's log, so its report covers every image and nothing is done twice.
+    images, annotations = dataset
+    models = []
+
+    def build(*args, **kwargs):
+        models.append(BoxOracle())
+        return models[-1]
+
+    monkeypatch.setattr(litesam, "build_model", build)
+    out = tmp_path / "oracle.json"
+    argv = ["eval", "coco", "--model", "oracle", "--images", str(images), "--annotations", str(annotations),
+            "--json", str(out), "--no-progress"]  # fmt: skip
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setattr("litesam.utils.parallel.join_process_group", lambda device, r=rank: (r, 2, "cpu"))
+        assert main(argv) == 0
+    assert [m.encodes for m in models] == [1, 2]  # 3 images: ids 1 and 3 to rank 0, id 2 to rank 1
+    report = json.loads(out.read_text())
+    assert report["images"] == 3 and report["metrics"]["AP"] == pytest.approx(1.0)
+    assert log_path(out).with_name(log_path(out).stem + ".rank1.jsonl").is_file()

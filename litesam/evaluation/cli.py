@@ -101,7 +101,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument("-o", "--output", default="report", help="output folder (default report)")
 
 
-def _log(args: argparse.Namespace, header: dict[str, Any]) -> Any:
+def _log(args: argparse.Namespace, header: dict[str, Any], rank: int = 0) -> Any:
+    """The run's result log (None without --json FILE); process ``rank`` > 0 of torchrun writes its own."""
     from .resume import ResultLog, log_path
 
     if not args.json or args.json == "-":
@@ -109,7 +110,22 @@ def _log(args: argparse.Namespace, header: dict[str, Any]) -> Any:
     from ..utils.io import writable_folder
 
     writable_folder(Path(args.json).parent)
-    return ResultLog(log_path(args.json), header)
+    path = log_path(args.json)
+    return ResultLog(path.with_name(f"{path.stem}.rank{rank}.jsonl") if rank else path, header)
+
+
+def _other_logs(log: Any, header: dict[str, Any]) -> dict[str, Any]:
+    """Results in the logs of the other processes of earlier many-process runs (read only)."""
+    from .resume import ResultLog
+
+    if log is None:
+        return {}
+    base = log.path.name.split(".rank")[0].removesuffix(".jsonl")
+    paths = {log.path.with_name(base + ".jsonl"), *log.path.parent.glob(base + ".rank*.jsonl")} - {log.path}
+    known: dict[str, Any] = {}
+    for path in sorted(p for p in paths if p.exists()):
+        known.update(ResultLog(path, header).results)
+    return known
 
 
 def _finish(args: argparse.Namespace, report: dict[str, Any]) -> int:
@@ -125,6 +141,7 @@ def _finish(args: argparse.Namespace, report: dict[str, Any]) -> int:
 
 def _coco(args: argparse.Namespace) -> int:
     from .. import Predictor, build_model
+    from ..utils.parallel import join_process_group
     from .coco import evaluate_coco, image_files, load_coco, read_detections
 
     coco = load_coco(args.annotations)
@@ -132,13 +149,15 @@ def _coco(args: argparse.Namespace) -> int:
     image_files(coco, sorted(coco.getImgIds())[: args.limit], args.images)  # before the model: fail fast
     header = {"protocol": "coco", "model": args.model, "checkpoint": str(args.checkpoint),
               "annotations": str(Path(args.annotations).resolve()), "boxes": args.boxes}  # fmt: skip
-    log = _log(args, header)
-    model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    rank, world, device = join_process_group(args.device)  # torchrun: every world-th image per process
+    log = _log(args, header, rank)
+    model = build_model(args.model, checkpoint=args.checkpoint, device=device)
     report = evaluate_coco(
         Predictor(model), coco, args.images, detections, limit=args.limit, log=log,
-        batch_size=args.batch_size, progress=not args.no_progress,
+        batch_size=args.batch_size, progress=not args.no_progress and rank == 0,
+        known=_other_logs(log, header), rank=rank, world_size=world,
     )  # fmt: skip
-    return _finish(args, {**header, **report})
+    return _finish(args, {**header, **report}) if rank == 0 else 0
 
 
 def _edges(args: argparse.Namespace) -> int:

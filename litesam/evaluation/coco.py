@@ -34,6 +34,7 @@ from ..predictor import Predictor
 from ..prompts import Prompts
 from ..utils.amg import mask_to_rle, rle_to_coco
 from ..utils.image import load_image
+from ..utils.parallel import gather, rank_share
 from .resume import ResultLog
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
@@ -180,12 +181,18 @@ def evaluate_coco(
     batch_size: int = 64,
     progress: bool = False,
     estimate_every: int = 200,
+    known: dict[str, Any] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """The protocol of the module docstring over the first ``limit`` images (by id) of ``coco``.
 
-    Images already in ``log`` are not redone; each finished image is added to it. The progress bar shows
-    the AP over the images done so far, recomputed every ``estimate_every`` images. Returns the report:
-    ``{protocol, images, instances, metrics: {AP, ...}, encode_ms (median per image)}``.
+    Images already in ``log`` (or in ``known``: results read from other processes' logs) are not redone;
+    each finished image is added to ``log``. The progress bar shows the AP over the images done so far,
+    recomputed every ``estimate_every`` images. Returns the report: ``{protocol, images, instances,
+    metrics: {AP, ...}, encode_ms (median per image)}``. Many processes (``rank`` of ``world_size``,
+    torchrun): each segments every ``world_size``-th image (each with its own ``log``), and the results
+    are gathered so that every process returns the report of all images.
     """
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
@@ -193,8 +200,8 @@ def evaluate_coco(
     if not image_ids:
         raise InputError("the annotations list no images")
     files = image_files(coco, image_ids, images)
-    done: dict[str, Any] = {} if log is None else dict(log.results)
-    bar = tqdm(image_ids, desc="COCO AP", unit="image", disable=not progress)
+    done: dict[str, Any] = {**(known or {}), **({} if log is None else log.results)}
+    bar = tqdm(rank_share(image_ids, rank, world_size), desc="COCO AP", unit="image", disable=not progress)
     for count, image_id in enumerate(bar, 1):
         key = str(image_id)
         if key not in done:
@@ -213,8 +220,11 @@ def evaluate_coco(
             if log is not None:
                 log.add(key, done[key])
         if count % estimate_every == 0 and progress:
-            ids = image_ids[:count]
+            ids = [i for i in image_ids if str(i) in done]
             bar.set_postfix(AP=f"{coco_metrics(coco, _results(done, ids), ids)['AP']:.3f}")
+    for part in gather(done):
+        done.update(part)
+    image_ids = [i for i in image_ids if str(i) in done]  # all of them, unless a process is missing
     results = _results(done, image_ids)
     timings = [done[str(i)]["encode_ms"] for i in image_ids if done[str(i)]["encode_ms"] is not None]
     return {
