@@ -40,17 +40,30 @@ def sam_with_encoder(image_encoder: nn.Module, transform: ImageTransform) -> Sam
     return Sam(image_encoder, sam_prompt_encoder(transform.frame_size), sam_mask_decoder(), transform)
 
 
-def _build_vit(
-    embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int, ...], transform: ImageTransform
-) -> Sam:
-    encoder = ImageEncoderViT(
-        img_size=transform.image_size,
+def sam_vit_encoder(
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    global_attn: tuple[int, ...],
+    image_size: int = 1024,
+    cls: type[ImageEncoderViT] = ImageEncoderViT,
+) -> ImageEncoderViT:
+    """SAM's ViT (14x14 windows, global attention at ``global_attn``); ``cls`` a subclass with other
+    outputs (SAM-HQ's)."""
+    return cls(
+        img_size=image_size,
         embed_dim=embed_dim,
         depth=depth,
         num_heads=num_heads,
         window_size=14,
         global_attn_indexes=global_attn,
     )
+
+
+def _build_vit(
+    embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int, ...], transform: ImageTransform
+) -> Sam:
+    encoder = sam_vit_encoder(embed_dim, depth, num_heads, global_attn, transform.image_size)
     return sam_with_encoder(encoder, transform)
 
 
