@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pickle
 import re
@@ -38,6 +39,8 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted download?")
+    if is_safetensors(path):
+        return read_safetensors(path)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of garbage before failing
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -51,6 +54,55 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(_unreadable(path, e)) from e
     except Exception as e:  # the unpickler raises many types on garbage input
         raise CheckpointError(_unreadable(path, e)) from e
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a safetensors file (8-byte little-endian header size, then JSON)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file -> its tensors (on the CPU), read directly: a JSON table of dtypes, shapes
+    and byte offsets, then raw little-endian data; nothing in it can run code."""
+    path = Path(path)
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    try:
+        table = json.loads(data[8 : 8 + size])
+        body = memoryview(data)[8 + size :]
+        out = {}
+        for name, entry in table.items():
+            if name == "__metadata__":
+                continue
+            start, end = entry["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            if not 0 <= start <= end <= len(body):
+                raise ValueError(f"tensor {name} lies outside the file")
+            flat = (
+                torch.frombuffer(bytearray(body[start:end]), dtype=dtype)
+                if end > start
+                else torch.empty(0, dtype=dtype)
+            )
+            out[name] = flat.reshape(entry["shape"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file (truncated or damaged?): {e}") from e
+    return out
 
 
 class _Inert:

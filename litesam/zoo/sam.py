@@ -1,4 +1,7 @@
-"""Original Segment Anything models (ViT-B/L/H) and the SAM decoder that light encoders reuse."""
+"""Original Segment Anything models (ViT-B/L/H) and the SAM decoder that light encoders reuse.
+
+Official ``.pth`` files and ``transformers`` ``SamModel`` files (facebook/sam-vit-*: ``model.safetensors``
+or ``pytorch_model.bin``) both load (:func:`~litesam.transformers_layout.from_transformers_sam`)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from torch import nn
 
 from ..modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from ..registry import ModelSpec
+from ..transformers_layout import from_transformers_sam
 from ..utils.transforms import ImageTransform
 
 SOURCE = "facebookresearch/segment-anything"
@@ -75,6 +79,7 @@ MODELS = [
         url=_URL + "sam_vit_b_01ec64.pth",
         sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
         description="SAM ViT-B (91M encoder)",
+        convert_state_dict=from_transformers_sam,
     ),
     ModelSpec(
         name="sam_vit_l",
@@ -83,6 +88,7 @@ MODELS = [
         url=_URL + "sam_vit_l_0b3195.pth",
         sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
         description="SAM ViT-L (308M encoder)",
+        convert_state_dict=from_transformers_sam,
     ),
     ModelSpec(
         name="sam_vit_h",
@@ -91,5 +97,6 @@ MODELS = [
         url=_URL + "sam_vit_h_4b8939.pth",
         sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         description="SAM ViT-H (637M encoder), the teacher of the light models",
+        convert_state_dict=from_transformers_sam,
     ),
 ]
