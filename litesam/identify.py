@@ -52,16 +52,14 @@ def match(spec: ModelSpec, state: StateDict) -> Match:
     except (CheckpointError, ValueError, KeyError):
         converted = dict(state)
     ours = _shapes(converted)
-    expected, sized = None, False
-    if spec.build_from_state_dict is not None:
+    expected, sized = _fixed_shapes(spec.name), False
+    if expected != ours and spec.build_from_state_dict is not None:  # published widths first
         try:
             with torch.device("meta"):
                 expected = _shapes(spec.instantiate(converted).state_dict())
             sized = True
         except (CheckpointError, ValueError, KeyError, IndexError, RuntimeError):
-            expected = None
-    if expected is None:
-        expected = _fixed_shapes(spec.name)
+            pass
     same = sum(1 for k, shape in ours.items() if expected.get(k) == shape)
     score = same / max(len(set(ours) | set(expected)), 1)
     return Match(spec, ours == expected, score, set(converted) != set(state), sized)

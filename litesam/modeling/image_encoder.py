@@ -137,13 +137,14 @@ class Block(nn.Module):
         use_rel_pos: bool = False,
         window_size: int = 0,
         input_size: tuple[int, int] | None = None,
+        mlp_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         attn_size = (window_size, window_size) if window_size > 0 else input_size
         self.attn = Attention(dim, num_heads, qkv_bias, use_rel_pos, attn_size)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+        self.mlp = MLPBlock(dim, mlp_dim or int(dim * mlp_ratio))
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +171,10 @@ class PatchEmbed(nn.Module):
 
 
 class ImageEncoderViT(nn.Module):
-    """SAM's ViT: patch embedding, absolute + relative positions, transformer blocks, 256-channel neck."""
+    """SAM's ViT: patch embedding, absolute + relative positions, transformer blocks, 256-channel neck.
+
+    ``mlp_dim`` overrides ``embed_dim * mlp_ratio`` (SlimSAM's pruned MLP widths are not a multiple).
+    """
 
     def __init__(
         self,
@@ -186,6 +190,7 @@ class ImageEncoderViT(nn.Module):
         use_rel_pos: bool = True,
         window_size: int = 14,
         global_attn_indexes: tuple[int, ...] = (),
+        mlp_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -201,6 +206,7 @@ class ImageEncoderViT(nn.Module):
                 use_rel_pos,
                 window_size=0 if i in global_attn_indexes else window_size,
                 input_size=(grid, grid),
+                mlp_dim=mlp_dim,
             )
             for i in range(depth)
         )

@@ -51,9 +51,10 @@ def sam_vit_encoder(
     global_attn: tuple[int, ...],
     image_size: int = 1024,
     cls: type[ImageEncoderViT] = ImageEncoderViT,
+    mlp_dim: int | None = None,
 ) -> ImageEncoderViT:
-    """SAM's ViT (14x14 windows, global attention at ``global_attn``); ``cls`` a subclass with other
-    outputs (SAM-HQ's)."""
+    """SAM's ViT (14x14 windows, global attention at ``global_attn``, MLP width ``mlp_dim`` or 4x);
+    ``cls`` a subclass with other outputs (SAM-HQ's)."""
     return cls(
         img_size=image_size,
         embed_dim=embed_dim,
@@ -61,6 +62,7 @@ def sam_vit_encoder(
         num_heads=num_heads,
         window_size=14,
         global_attn_indexes=global_attn,
+        mlp_dim=mlp_dim,
     )
 
 
