@@ -267,3 +267,4 @@ def yolo_scale_of(state: dict[str, torch.Tensor]) -> str | None:
         if widths == (stem.shape[0], sppf.shape[0]) and max(round(3 * s.depth), 1) == blocks:
             return name
     return None
+
