@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from .checkpoint import load_into, read_state_dict
+from .errors import InputError
+from .identify import identify
 from .modeling.fuse import fuse_modules
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import PromptableModel
@@ -18,7 +20,7 @@ from .registry import get_spec
 
 
 def build_model(
-    name: str,
+    name: str | None = None,
     checkpoint: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
     device: str | torch.device = "cpu",
     fuse: bool | None = None,
@@ -36,22 +38,35 @@ def build_model(
     the state_dict then no longer has the official keys). Default: fuse exactly
     when a checkpoint was loaded — pass ``fuse=False`` to train or fine-tune.
     ``options``: the model's options (``get_spec(name).options``), e.g. ``multimask_outputs=4`` for EdgeSAM.
+    ``name`` None: the model is identified from the checkpoint file's keys and shapes
+    (:func:`litesam.identify.identify`, which logs what it found).
     """
-    spec = get_spec(name)
-    model = spec.instantiate(**options)
-    if checkpoint is not None and spec.read_checkpoint is not None:  # several files (a folder, a mapping)
-        state = spec.read_checkpoint(checkpoint, **{**spec.options, **options})
-        load_into(model, state, spec.name, str(checkpoint), convert=spec.convert_state_dict)
-    elif checkpoint is not None:
+    if checkpoint is None:
+        if name is None:
+            raise InputError("build_model needs a model name, or a checkpoint file to identify it from")
+        model = get_spec(name).instantiate(**options)
+    elif name is not None and get_spec(name).read_checkpoint is not None:  # several files: folder, mapping
+        spec = get_spec(name)
+        state = spec.convert(spec.read_checkpoint(checkpoint, **{**spec.options, **options}))
+        model = spec.instantiate(state, **options)
+        load_into(model, state, spec.name, str(checkpoint))
+    else:
+        if name is None and str(checkpoint) == "auto":
+            raise InputError("checkpoint='auto' needs a model name (the file to download depends on it)")
         if str(checkpoint) == "auto":
             from .hub import fetch_checkpoint
 
+            spec = get_spec(name)
             path = fetch_checkpoint(
                 spec.name, spec.url, spec.checkpoint_filename, spec.sha256, member=spec.member
             )
         else:
             path = Path(checkpoint)
-        load_into(model, read_state_dict(path), spec.name, str(path), convert=spec.convert_state_dict)
+        state = read_state_dict(path)
+        spec = get_spec(name) if name is not None else identify(state, str(path)).spec
+        state = spec.convert(state)
+        model = spec.instantiate(state, **options)
+        load_into(model, state, spec.name, str(path))
     model.eval()
     if fuse if fuse is not None else checkpoint is not None:
         prepare_for_inference(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pickle
 import re
@@ -38,6 +39,8 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted download?")
+    if is_safetensors(path):
+        return read_safetensors(path)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of garbage before failing
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -46,11 +49,61 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
     except pickle.UnpicklingError as e:
         blocked = _BLOCKED_GLOBAL.search(str(e))
-        if blocked and blocked[1].startswith("ultralytics."):
-            return read_ultralytics_checkpoint(path)
+        reader = _PICKLED_MODEL_READERS.get(blocked[1].split(".")[0]) if blocked else None
+        if reader is not None:
+            return reader(path)
         raise CheckpointError(_unreadable(path, e)) from e
     except Exception as e:  # the unpickler raises many types on garbage input
         raise CheckpointError(_unreadable(path, e)) from e
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a safetensors file (8-byte little-endian header size, then JSON)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file -> its tensors (on the CPU), read directly: a JSON table of dtypes, shapes
+    and byte offsets, then raw little-endian data; nothing in it can run code."""
+    path = Path(path)
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    try:
+        table = json.loads(data[8 : 8 + size])
+        body = memoryview(data)[8 + size :]
+        out = {}
+        for name, entry in table.items():
+            if name == "__metadata__":
+                continue
+            start, end = entry["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            if not 0 <= start <= end <= len(body):
+                raise ValueError(f"tensor {name} lies outside the file")
+            flat = (
+                torch.frombuffer(bytearray(body[start:end]), dtype=dtype)
+                if end > start
+                else torch.empty(0, dtype=dtype)
+            )
+            out[name] = flat.reshape(entry["shape"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file (truncated or damaged?): {e}") from e
+    return out
 
 
 class _Inert:
@@ -67,11 +120,12 @@ def _inert_getattr(*args: Any) -> None:
     """Stand-in for ``getattr`` (ultralytics pickles bound forward methods): yields nothing."""
 
 
-class _UltralyticsUnpickler(pickle.Unpickler):
-    """Unpickles an ultralytics checkpoint without ultralytics and without running any of its code:
-    tensors, storages and plain containers are rebuilt; every ``ultralytics.*`` / ``torch.nn.*`` class
+class _ModuleUnpickler(pickle.Unpickler):
+    """Unpickles a whole pickled model without its package and without running any of its code:
+    tensors, storages and plain containers are rebuilt; every class of ``packages`` or ``torch.nn``
     becomes an inert attribute holder; any other global is refused."""
 
+    packages: tuple[str, ...] = ()
     _ALLOWED = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("builtins", "set"): set,
@@ -81,26 +135,36 @@ class _UltralyticsUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
         ("builtins", "getattr"): _inert_getattr,
         ("__builtin__", "getattr"): _inert_getattr,
+        ("torch", "device"): _inert_getattr,  # DataParallel's device attributes
     }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return self._ALLOWED[(module, name)]
-        if module.split(".")[0] == "ultralytics" or module.startswith("torch.nn.modules."):
+        if module.split(".")[0] in self.packages or module.startswith(
+            ("torch.nn.modules.", "torch.nn.parallel.")
+        ):
             return _Inert
         raise pickle.UnpicklingError(f"refusing the global {module}.{name}")
+
+
+def read_pickled_model(path: str | os.PathLike, packages: tuple[str, ...], what: str) -> Any:
+    """``torch.load`` of a file holding pickled modules of ``packages``, through the restricted
+    unpickler (module objects become :class:`_Inert`); CheckpointError naming ``what`` on failure."""
+    unpickler = type("Unpickler", (_ModuleUnpickler,), {"packages": packages})
+    restricted = types.ModuleType("litesam_restricted_pickle")
+    restricted.Unpickler = unpickler  # type: ignore[attr-defined]
+    try:  # weights_only=False only hands the choice of globals to the restricted unpickler
+        return torch.load(path, map_location="cpu", pickle_module=restricted, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable {what}: {e}") from e
 
 
 def read_ultralytics_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """An ultralytics checkpoint (``{'model': pickled YOLO model, ...}``, fp16, as FastSAM and MobileSAM-v2
     ship) -> ``{"model": float32 state_dict}`` with the model's ``model.<i>.*`` keys, read by a restricted
     unpickler (no ultralytics, no code from the file); CheckpointError when the file is anything else."""
-    restricted = types.ModuleType("litesam_restricted_pickle")
-    restricted.Unpickler = _UltralyticsUnpickler  # type: ignore[attr-defined]
-    try:  # weights_only=False only hands the choice of globals to the restricted unpickler
-        obj = torch.load(path, map_location="cpu", pickle_module=restricted, weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable ultralytics checkpoint: {e}") from e
+    obj = read_pickled_model(path, ("ultralytics",), "ultralytics checkpoint")
     net = obj.get("ema") or obj.get("model") if isinstance(obj, dict) else None
     if not isinstance(net, _Inert):
         raise CheckpointError(f"{path} holds no pickled ultralytics model under 'model' or 'ema'")
@@ -108,6 +172,23 @@ def read_ultralytics_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not state:
         raise CheckpointError(f"{path} holds an ultralytics model without weights")
     return {"model": state}
+
+
+def read_pickled_sam(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A whole pickled SAM module (``torch.save(model)`` of SlimSAM's ``segment_anything_kd`` classes, the
+    image encoder possibly wrapped in DataParallel) -> its state_dict with ``image_encoder.*`` keys, read
+    by the restricted unpickler (no SlimSAM classes imported, no code from the file)."""
+    net = read_pickled_model(path, ("segment_anything_kd",), "pickled SAM model")
+    if not isinstance(net, _Inert):
+        raise CheckpointError(f"{path} holds no pickled SAM model")
+    state = _module_tensors(net, "")
+    state = {k.replace("image_encoder.module.", "image_encoder.", 1): v for k, v in state.items()}
+    if not state:
+        raise CheckpointError(f"{path} holds a SAM model without weights")
+    return state
+
+
+_PICKLED_MODEL_READERS = {"ultralytics": read_ultralytics_checkpoint, "segment_anything_kd": read_pickled_sam}
 
 
 def _module_tensors(module: _Inert, prefix: str) -> dict[str, torch.Tensor]:

@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the registered models", description="List the registered models.")
 
+    ins = sub.add_parser(
+        "inspect",
+        help="say what a checkpoint file is",
+        description="Identify a checkpoint file's model from its keys and shapes; print its layout, dtypes"
+        " and parameter count.",
+    )
+    ins.add_argument("checkpoint", help="checkpoint file (.pth, .pt, .bin, .safetensors)")
+
     dl = sub.add_parser(
         "download",
         help="download official checkpoints into the cache",
@@ -99,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", default="sam_vit_b", help="model name (see `litesam models`; default sam_vit_b)"
+        "--model",
+        help="model name (see `litesam models`); default: the model of a --checkpoint file, else sam_vit_b",
     )
     p.add_argument(
         "--checkpoint",
@@ -203,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .distill.cli import COMMANDS as DISTILL_COMMANDS
     from .evaluation.cli import run as run_eval
 
-    commands = {"segment": _segment, "models": _models, "download": _download}
+    commands = {"segment": _segment, "models": _models, "download": _download, "inspect": _inspect}
     commands.update(everything=_everything, edges=_edges)
     commands.update(DISTILL_COMMANDS, eval=run_eval)
     from .server.cli import run as run_serve
@@ -240,6 +249,47 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    """``--model``, else the model a ``--checkpoint`` file holds (said on stderr), else sam_vit_b."""
+    if args.model is None:
+        if str(args.checkpoint) == "auto":
+            args.model = "sam_vit_b"
+        else:
+            from .checkpoint import read_state_dict
+            from .identify import identify
+
+            args.model = identify(read_state_dict(args.checkpoint), str(args.checkpoint)).spec.name
+            print(f"litesam: {args.checkpoint} holds model {args.model}", file=sys.stderr)
+    return args.model
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .checkpoint import is_safetensors, read_state_dict
+    from .identify import candidates
+
+    state = read_state_dict(args.checkpoint)
+    ranked = candidates(state)
+    best = ranked[0]
+    dtypes = Counter(str(v.dtype).removeprefix("torch.") for v in state.values())
+    params = sum(v.numel() for v in state.values() if v.is_floating_point())
+    twins = [m.spec.name for m in ranked[1:] if m.fits and m.sized_from_file == best.sized_from_file]
+    if best.fits:
+        model = best.spec.name + (f" (same architecture: {', '.join(twins)})" if twins else "")
+        model += " - widths read from the file" if best.sized_from_file else ""
+    else:
+        model = "none fits; closest: " + ", ".join(f"{m.spec.name} ({m.score:.1%})" for m in ranked[:3])
+    convert = getattr(best.spec.convert_state_dict, "__name__", "convert_state_dict")
+    layout = f"another official layout, converted by {convert}" if best.converted else "the model's own keys"
+    print(f"file:       {args.checkpoint} ({'safetensors' if is_safetensors(args.checkpoint) else 'pickle'})")
+    print(f"model:      {model}")
+    print(f"layout:     {layout}" if best.fits else "layout:     unknown")
+    print(f"dtype:      {', '.join(f'{d} ({n} tensors)' for d, n in dtypes.most_common())}")
+    print(f"parameters: {params / 1e6:.2f}M in {len(state)} tensors")
+    return 0 if best.fits else 1
+
+
 def _download(args: argparse.Namespace) -> int:
     from .hub import fetch_checkpoint
     from .registry import get_spec
@@ -265,7 +315,7 @@ def _segment(args: argparse.Namespace) -> int:
         raise InputError("several --box prompts cannot be combined with --point (each box is its own object)")
     image = load_image(args.image)
     out = writable_folder(args.output)  # before the slow part: a bad -o fails in a second
-    model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = build_model(_model_name(args), checkpoint=args.checkpoint, device=args.device)
     predictor = Predictor(model)
     predictor.set_image(image)
 
@@ -329,7 +379,7 @@ def _everything(args: argparse.Namespace) -> int:
     knobs = {o.lstrip("-").replace("-", "_") for o, _, _ in _GENERATOR_KNOBS}
     settings = {k: v for k, v in vars(args).items() if k in knobs}
     writable_folder(args.output)  # before the slow part: a bad -o fails in a second
-    model = build_model(args.model, checkpoint=args.checkpoint, device=device)
+    model = build_model(_model_name(args), checkpoint=args.checkpoint, device=device)
     generator = MaskGenerator(model, output_mode=args.output_mode, **settings)
     info = {
         "model": args.model,
@@ -362,7 +412,7 @@ def _edges(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise OutputError(f"{out} is a folder: -o takes the file name of the edge PNG")
     writable_folder(out.parent)  # before the slow part: a bad -o fails in a second
-    model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = build_model(_model_name(args), checkpoint=args.checkpoint, device=args.device)
     detector = EdgeDetector(
         model,
         points_per_side=args.points_per_side,

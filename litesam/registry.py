@@ -49,6 +49,10 @@ class ModelSpec:
       (MobileSAM-v2): reads ``checkpoint`` (a folder, a mapping of role -> file, or ``"auto"``) into
       one state_dict with the model's keys, for the options the model was built with; ``url``,
       ``sha256`` and ``filename`` are then unused.
+    - ``build_from_state_dict(state, transform, **options)``: for architectures whose widths only the
+      checkpoint knows (pruned models): the unloaded model sized from the (converted) state_dict's
+      shapes; a ValueError when the state_dict is not of this family. ``build_model`` uses it whenever a
+      checkpoint is given; ``build`` (with the published widths) serves everything else.
     """
 
     name: str
@@ -64,6 +68,7 @@ class ModelSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     convert_state_dict: Callable[[StateDict], StateDict] | None = None
     read_checkpoint: Callable[..., StateDict] | None = None
+    build_from_state_dict: Callable[..., nn.Module] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -76,13 +81,21 @@ class ModelSpec:
             return Path(self.url.split("?")[0]).name
         return f"{self.name}.pth"
 
-    def instantiate(self, **options: Any) -> nn.Module:
-        """The unloaded model with ``options`` (InputError naming the known ones for any other)."""
+    def instantiate(self, state: StateDict | None = None, **options: Any) -> nn.Module:
+        """The unloaded model with ``options`` (InputError naming the known ones for any other); sized
+        from ``state`` (already converted) by ``build_from_state_dict`` where the spec has one."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             known = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
             raise InputError(f"model {self.name!r} has no option {', '.join(unknown)} (options: {known})")
-        return self.build(self.transform, **{**self.options, **options})
+        options = {**self.options, **options}
+        if state is not None and self.build_from_state_dict is not None:
+            return self.build_from_state_dict(state, self.transform, **options)
+        return self.build(self.transform, **options)
+
+    def convert(self, state: StateDict) -> StateDict:
+        """``state`` in the model's keys (``convert_state_dict`` applied where the spec has one)."""
+        return dict(state) if self.convert_state_dict is None else self.convert_state_dict(dict(state))
 
     def stats(self) -> ModelStats:
         """Parameters and encoder GFLOPs at the input size, counted on the meta device (no weights)."""

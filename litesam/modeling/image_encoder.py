@@ -48,13 +48,15 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         use_rel_pos: bool = False,
         input_size: tuple[int, int] | None = None,
+        inner_dim: int | None = None,
     ) -> None:
         super().__init__()
+        inner_dim = inner_dim or dim  # q/k/v width (pruned models: narrower than the block)
         self.num_heads = num_heads
-        head_dim = dim // num_heads
+        head_dim = inner_dim // num_heads
         self.scale = head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, inner_dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(inner_dim, dim)
         self.use_rel_pos = use_rel_pos
         if use_rel_pos:
             if input_size is None:
@@ -62,10 +64,14 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """BxNxC tokens -> q, k, v, each B x heads x N x head_dim."""
+        b, n, _ = x.shape
+        return self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each B x heads x HW x head_dim
+        q, k, v = self.project(x.reshape(b, h * w, -1))
         if self.use_rel_pos and self.fold_rel_pos:
             q, k = self._fold_rel_pos(q, k, h, w)  # scale folded into q
             logits = q @ k.transpose(-2, -1)
@@ -137,13 +143,14 @@ class Block(nn.Module):
         use_rel_pos: bool = False,
         window_size: int = 0,
         input_size: tuple[int, int] | None = None,
+        mlp_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         attn_size = (window_size, window_size) if window_size > 0 else input_size
         self.attn = Attention(dim, num_heads, qkv_bias, use_rel_pos, attn_size)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+        self.mlp = MLPBlock(dim, mlp_dim or int(dim * mlp_ratio))
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +177,10 @@ class PatchEmbed(nn.Module):
 
 
 class ImageEncoderViT(nn.Module):
-    """SAM's ViT: patch embedding, absolute + relative positions, transformer blocks, 256-channel neck."""
+    """SAM's ViT: patch embedding, absolute + relative positions, transformer blocks, 256-channel neck.
+
+    ``mlp_dim`` overrides ``embed_dim * mlp_ratio`` (SlimSAM's pruned MLP widths are not a multiple).
+    """
 
     def __init__(
         self,
@@ -186,6 +196,7 @@ class ImageEncoderViT(nn.Module):
         use_rel_pos: bool = True,
         window_size: int = 14,
         global_attn_indexes: tuple[int, ...] = (),
+        mlp_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -201,6 +212,7 @@ class ImageEncoderViT(nn.Module):
                 use_rel_pos,
                 window_size=0 if i in global_attn_indexes else window_size,
                 input_size=(grid, grid),
+                mlp_dim=mlp_dim,
             )
             for i in range(depth)
         )

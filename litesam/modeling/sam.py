@@ -77,10 +77,12 @@ class Sam(nn.Module):
         return next(self.parameters()).device
 
     def encode(self, x: torch.Tensor) -> Features:
-        """Bx3xSxS normalised, padded input -> ``{"image_embeddings": Bx256x64x64}``."""
+        """Bx3xSxS normalised, padded input -> ``{"image_embeddings": Bx256x64x64}``, or the named
+        features of an encoder that returns a mapping (e.g. SAM-HQ's ``"interm_embeddings"``)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return {"image_embeddings": self.image_encoder(x)}
+        out = self.image_encoder(x)
+        return dict(out) if isinstance(out, Mapping) else {"image_embeddings": out}
 
     def decode(
         self, features: Features, prompts: Prompts, multimask_output: bool = True

@@ -12,9 +12,12 @@ from .sam import sam_with_encoder
 SOURCE = "ChaoningZhang/MobileSAM"
 
 
-def mobile_sam_encoder(img_size: int = 1024, drop_path_rate: float = 0.0) -> TinyViT:
-    """MobileSAM's TinyViT-5M (``build_sam_vit_t``): Bx3xSxS -> Bx256x(S/16)x(S/16)."""
-    return TinyViT(
+def mobile_sam_encoder(
+    img_size: int = 1024, drop_path_rate: float = 0.0, cls: type[TinyViT] = TinyViT
+) -> TinyViT:
+    """MobileSAM's TinyViT-5M (``build_sam_vit_t``): Bx3xSxS -> Bx256x(S/16)x(S/16); ``cls`` a TinyViT
+    subclass with other outputs (Light HQ-SAM's)."""
+    return cls(
         img_size=img_size,
         embed_dims=(64, 128, 160, 320),
         depths=(2, 2, 6, 2),

@@ -1,4 +1,7 @@
-"""Original Segment Anything models (ViT-B/L/H) and the SAM decoder that light encoders reuse."""
+"""Original Segment Anything models (ViT-B/L/H) and the SAM decoder that light encoders reuse.
+
+Official ``.pth`` files and ``transformers`` ``SamModel`` files (facebook/sam-vit-*: ``model.safetensors``
+or ``pytorch_model.bin``) both load (:func:`~litesam.transformers_layout.from_transformers_sam`)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from torch import nn
 
 from ..modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from ..registry import ModelSpec
+from ..transformers_layout import from_transformers_sam
 from ..utils.transforms import ImageTransform
 
 SOURCE = "facebookresearch/segment-anything"
@@ -40,17 +44,32 @@ def sam_with_encoder(image_encoder: nn.Module, transform: ImageTransform) -> Sam
     return Sam(image_encoder, sam_prompt_encoder(transform.frame_size), sam_mask_decoder(), transform)
 
 
-def _build_vit(
-    embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int, ...], transform: ImageTransform
-) -> Sam:
-    encoder = ImageEncoderViT(
-        img_size=transform.image_size,
+def sam_vit_encoder(
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    global_attn: tuple[int, ...],
+    image_size: int = 1024,
+    cls: type[ImageEncoderViT] = ImageEncoderViT,
+    mlp_dim: int | None = None,
+) -> ImageEncoderViT:
+    """SAM's ViT (14x14 windows, global attention at ``global_attn``, MLP width ``mlp_dim`` or 4x);
+    ``cls`` a subclass with other outputs (SAM-HQ's)."""
+    return cls(
+        img_size=image_size,
         embed_dim=embed_dim,
         depth=depth,
         num_heads=num_heads,
         window_size=14,
         global_attn_indexes=global_attn,
+        mlp_dim=mlp_dim,
     )
+
+
+def _build_vit(
+    embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int, ...], transform: ImageTransform
+) -> Sam:
+    encoder = sam_vit_encoder(embed_dim, depth, num_heads, global_attn, transform.image_size)
     return sam_with_encoder(encoder, transform)
 
 
@@ -62,6 +81,7 @@ MODELS = [
         url=_URL + "sam_vit_b_01ec64.pth",
         sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
         description="SAM ViT-B (91M encoder)",
+        convert_state_dict=from_transformers_sam,
     ),
     ModelSpec(
         name="sam_vit_l",
@@ -70,6 +90,7 @@ MODELS = [
         url=_URL + "sam_vit_l_0b3195.pth",
         sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
         description="SAM ViT-L (308M encoder)",
+        convert_state_dict=from_transformers_sam,
     ),
     ModelSpec(
         name="sam_vit_h",
@@ -78,5 +99,6 @@ MODELS = [
         url=_URL + "sam_vit_h_4b8939.pth",
         sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         description="SAM ViT-H (637M encoder), the teacher of the light models",
+        convert_state_dict=from_transformers_sam,
     ),
 ]
