@@ -39,28 +39,28 @@ def main() -> None:
     image = np.asarray(litesam.utils.image.load_image(SHARED_IMAGE)) if SHARED_IMAGE.exists() else None
     if image is None:
         image = np.random.default_rng(0).integers(0, 256, (770, 769, 3), dtype=np.uint8)
-    predictor = litesam.Predictor(ours)
-    resized = predictor.transform.apply_image(image)
-    x = ours.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
+    x = ours.transform.to_input(image)
 
     with torch.inference_mode():
-        features = ours.image_encoder(x)
-        err = (official.image_encoder(x) - features).abs().max().item()
+        features = ours.encode(x)
+        embeddings = features["image_embeddings"]
+        err = (official.image_encoder(x) - embeddings).abs().max().item()
         enc = interleaved(
-            {"official": lambda: official.image_encoder(x), "litesam": lambda: ours.image_encoder(x)},
+            {"official": lambda: official.image_encoder(x), "litesam": lambda: ours.encode(x)},
             args.repeats,
         )
         point = torch.tensor([[[500.0, 400.0]]])
         label = torch.tensor([[1]])
+        prompts = litesam.Prompts(points=point, labels=label)
 
         def official_decode():
             sparse, dense = official.prompt_encoder(points=(point, label), boxes=None, masks=None)
             return official.mask_decoder(
-                features, official.prompt_encoder.get_dense_pe(), sparse, dense, True
+                embeddings, official.prompt_encoder.get_dense_pe(), sparse, dense, True
             )
 
         dec = interleaved(
-            {"official": official_decode, "litesam": lambda: ours.decode(features, point, label)},
+            {"official": official_decode, "litesam": lambda: ours.decode(features, prompts)},
             args.decoder_repeats,
             warmup=3,
         )
