@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,7 @@ from ..errors import InputError
 from ..prompts import Prompts
 from ..utils.amg import batched_nms
 from ..utils.transforms import ImageTransform
+from .clip_text import ClipRanker, select_by_text
 from .sam import Features
 from .yolo import YOLOv8
 
@@ -111,6 +113,16 @@ class FastSAM(YOLOv8):
             scores.append(score)
         logits = torch.stack(masks)[:, None].float() * 2 - 1
         return logits, torch.stack(scores)[:, None].float()
+
+    def text_prompt(
+        self, features: Features, image: np.ndarray, text: str, clip: ClipRanker
+    ) -> tuple[torch.Tensor, float]:
+        """The everything mask (HxW bool) that ``text`` describes, chosen by CLIP as the official
+        ``FastSAMPrompt.text_prompt`` does (see :mod:`litesam.modeling.clip_text`), and its probability.
+        ``features``: ``Predictor(model).encode(image).features``; ``image``: the same HxWx3 uint8 RGB."""
+        found = self.instances(features)
+        index, score = select_by_text(image, found.masks, text, clip)
+        return found.masks[index], score
 
     def everything_source(self, conf: float = 0.4, iou: float = 0.9, max_det: int = 300) -> InstanceSource:
         """The mask generator's source for this model (official defaults conf 0.4, iou 0.9, max_det 300)."""
