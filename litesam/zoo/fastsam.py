@@ -12,9 +12,12 @@ from ..registry import ModelSpec, StateDict
 from ..utils.transforms import ImageTransform
 
 SOURCE = "CASIA-IVA-Lab/FastSAM"
-# FastSAM's README links Google Drive / Baidu copies (not downloadable by URL); ultralytics hosts the
-# same two files as release assets. SHA-256: published for FastSAM-x (as FastSAM.pt), not for FastSAM-s.
+# FastSAM's README links Google Drive / Baidu copies (not downloadable by URL). The published SHA-256
+# (144,943,063 bytes) is that of the authors' original FastSAM.pt (= FastSAM-x), which their demo space
+# serves; FastSAM-s has no published hash and comes from ultralytics' release assets (not verified here:
+# no download is possible in this project's CI).
 _URL = "https://github.com/ultralytics/assets/releases/download/v8.2.0/"
+_ORIGINAL_X = "https://huggingface.co/spaces/An-619/FastSAM/resolve/main/weights/FastSAM.pt"
 # ultralytics' letterbox to 1024 px, RGB / 255, no mean/std
 TRANSFORM = ImageTransform(
     1024, resize="letterbox", pixel_scale=255.0, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0)
@@ -55,7 +58,7 @@ MODELS = [
         name="fastsam_x",
         build=partial(build_fastsam, scale="x"),
         source=SOURCE,
-        url=_URL + "FastSAM-x.pt",
+        url=_ORIGINAL_X,
         sha256="c0be4e7ddbe4c15333d15a859c676d053c486d0a746a3be6a7a9790d52a9b6d7",  # 144,943,063 bytes
         transform=TRANSFORM,
         kind="instance",
