@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import photo, tiny_sam
 from PIL import Image
+from test_distill_embed import CrashAfter
 
 from litesam.checkpoint import load_into, read_state_dict
 from litesam.distill.evaluate import evaluate_miou
@@ -102,18 +103,6 @@ def three_images(folder):
         paths.append(folder / f"img{seed}.png")
         Image.fromarray(photo(seed=seed)).save(paths[-1])
     return paths
-
-
-class CrashAfter:
-    """Forward hook raising on its ``n``-th call: the process is killed there."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.calls = n, 0
-
-    def __call__(self, *_: object) -> None:
-        self.calls += 1
-        if self.calls == self.n:
-            raise KeyboardInterrupt("killed")
 
 
 def test_a_killed_finetuning_resumes_to_the_same_weights(tmp_path):
