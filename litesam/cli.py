@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
+from .cli_args import add_model_args
 from .distill.cli import add_parsers as add_distill_parsers
 from .errors import InputError, LitesamError, OutputError
 from .evaluation.cli import add_parser as add_eval_parser
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         " to -o DIR.",
     )
     seg.add_argument("image", help="image file (JPEG, PNG, TIFF, ...)")
-    _add_model_args(seg)
+    add_model_args(seg)
     seg.add_argument(
         "--point",
         action="append",
@@ -105,19 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        help="model name (see `litesam models`); default: the model of a --checkpoint file, else sam_vit_b",
-    )
-    p.add_argument(
-        "--checkpoint",
-        default="auto",
-        help="checkpoint file; 'auto' (default) uses the cached official file, downloading it if needed",
-    )
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
-
-
 # Mask generator settings as (option, type, help); unset options keep the generator's (official) defaults.
 _GENERATOR_KNOBS: tuple[tuple[str, type, str], ...] = (
     ("--points-per-side", int, "grid points per image side (default 32)"),
@@ -152,7 +140,7 @@ def _add_everything_parser(sub: argparse._SubParsersAction) -> None:
         " images are reported and skipped. Exit status 1 if any image failed.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument(
         "-o", "--output", default="litesam_everything", help="output folder (default litesam_everything)"
     )
@@ -186,7 +174,7 @@ def _add_edges_parser(sub: argparse._SubParsersAction) -> None:
         " black) and the float map as .npy next to it.",
     )
     p.add_argument("image", help="image file")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("-o", "--output", default="edges.png", help="edge PNG to write (default edges.png)")
     p.add_argument("--points-per-side", type=int, default=16, help="grid points per image side (default 16)")
     p.add_argument("--points-per-batch", type=int, default=64, help="prompts decoded at once (default 64)")

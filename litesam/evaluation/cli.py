@@ -13,17 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import add_model_args
 from ..errors import InputError
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model name (see `litesam models`)")
-    p.add_argument(
-        "--checkpoint",
-        default="auto",
-        help="checkpoint file; 'auto' (default) uses the cached official file, downloading it if needed",
-    )
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -51,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="One box prompt per instance (ground-truth boxes, or --boxes detections), one mask"
         " each, scored by pycocotools (segm): AP, AP50, AP75, APs, APm, APl.",
     )
-    _add_model_args(coco)
+    add_model_args(coco, model_required=True)
     coco.add_argument("--images", required=True, help="image folder, e.g. val2017/")
     coco.add_argument("--annotations", required=True, help="COCO instances JSON, e.g. instances_val2017.json")
     coco.add_argument("--boxes", help="detector boxes in COCO results format (default: ground-truth boxes)")
