@@ -21,6 +21,7 @@ from .modeling.sam import PromptableModel
 from .predictor import Prediction, Predictor
 from .prompt_sources import BoxSource, Columns, GridSource, PromptSource
 from .prompts import Prompts
+from .runtimes import Backend
 from .utils.amg import (
     batched_nms,
     box_area,
@@ -65,6 +66,8 @@ class MaskGenerator:
       then de-duplicate again.
     - ``output_mode``: ``"binary_mask"`` (HxW bool array), ``"uncompressed_rle"`` or ``"coco_rle"``.
     - ``progress``: show a progress bar over the decoded batches.
+    - ``backend``, ``precision``: what runs the model (:class:`~litesam.Predictor`'s: ``"torch"``,
+      ``"onnxruntime"``, ``"openvino"``).
     - ``**source_options``: settings of the model's own everything source, for models that offer one
       (``model.everything_source``), which then replaces the grid: FastSAM's and MobileSAM-v2's
       ``conf=0.4``, ``iou=0.9``, ``max_det=300``. Masks of a source that segments by itself are kept as
@@ -97,6 +100,8 @@ class MaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         progress: bool = False,
+        backend: str | Backend = "torch",
+        precision: str | None = None,
         **source_options: Any,
     ) -> None:
         if points_per_batch is not None:
@@ -134,7 +139,7 @@ class MaskGenerator:
             self.default_source = model.everything_source(**source_options)
         elif source_options:
             raise InputError(f"unexpected keyword arguments: {', '.join(sorted(source_options))}")
-        self.predictor = Predictor(model)
+        self.predictor = Predictor(model, backend, precision)
         self.settings = {
             k: v
             for k, v in (

@@ -17,3 +17,7 @@ class InputError(LitesamError, ValueError):
 
 class OutputError(LitesamError):
     """An output cannot be written: the path is a file, not writable, on a full disk, ..."""
+
+
+class MissingDependency(LitesamError, ImportError):
+    """An optional package that a feature needs is not installed (the message names the extra)."""

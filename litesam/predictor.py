@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike
 from .errors import InputError
 from .modeling.sam import PromptableModel
 from .prompts import Prompts
+from .runtimes import Backend, open_backend
 from .utils.image import ImageInput, load_image
 from .utils.transforms import ImageTransform
 
@@ -75,16 +76,22 @@ class Predictor:
     """Point/box/mask prompting with the official SAM predictor's numbers, for every model of the zoo.
 
     ``encode`` runs the heavy image encoder once per image; each ``decode`` runs only the prompt encoder
-    and the mask decoder.
+    and the mask decoder. ``backend`` runs them: ``"torch"`` (the model itself), ``"onnxruntime"`` or
+    ``"openvino"`` (its exported graphs on the CPU, exported once and cached; ``precision`` picks their
+    fp32 / int8 / bf16 variant, see :func:`litesam.runtimes.open_backend`), or any
+    :class:`~litesam.runtimes.Backend` object.
     """
 
-    def __init__(self, model: PromptableModel) -> None:
+    def __init__(
+        self, model: PromptableModel, backend: str | Backend = "torch", precision: str | None = None
+    ) -> None:
         self.model = model.eval()
+        self.backend = open_backend(self.model, backend, precision)
         self.state: ImageState | None = None
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.backend.device
 
     @property
     def mask_threshold(self) -> float:
@@ -106,7 +113,7 @@ class Predictor:
             rgb = np.ascontiguousarray(rgb[..., ::-1])
         transform = self.model.transform
         original_size = (rgb.shape[0], rgb.shape[1])
-        features = dict(self.model.encode(transform.to_input(rgb, self.device)))
+        features = dict(self.backend.encode(transform.to_input(rgb, self.device)))
         features["original_size"] = torch.tensor(original_size)  # for models that decode at full size
         return ImageState(features, original_size, transform.input_size(original_size), transform)
 
@@ -120,8 +127,10 @@ class Predictor:
         """B prompt sets (pixels of ``state``'s original image) -> their masks, decoded at once.
 
         Prompts outside the image or a ``mask`` of the wrong size raise an InputError. Runs without
-        autograd unless ``requires_grad`` (decoder training).
+        autograd unless ``requires_grad`` (decoder training, torch backend).
         """
+        if requires_grad and self.backend is not self.model:
+            raise InputError("requires_grad needs the torch backend (exported graphs have no gradients)")
         prompts.check_inside(state.original_size)
         if prompts.mask is not None:
             side = 4 * state.image_embeddings.shape[-1]
@@ -132,7 +141,7 @@ class Predictor:
                 )
         frame = state.transform.apply_prompts(prompts, state.original_size).to(self.device)
         with torch.inference_mode(not requires_grad):
-            low_res, scores = self.model.decode(state.features, frame, multimask_output)
+            low_res, scores = self.backend.decode(state.features, frame, multimask_output)
         return Prediction(low_res, scores, state)
 
     # -- the official predictor's interface ---------------------------------------------------------

@@ -89,8 +89,8 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         labels = labels[..., None]
         emb = torch.where(labels == -1, self.not_a_point_embed.weight, emb)
-        emb = emb + torch.where(labels == 0, self.point_embeddings[0].weight, 0.0)
-        emb = emb + torch.where(labels == 1, self.point_embeddings[1].weight, 0.0)
+        for label, table in enumerate(self.point_embeddings):  # 0 bg, 1 fg, 2/3 box corners as points
+            emb = emb + torch.where(labels == label, table.weight, 0.0)
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
@@ -98,6 +98,21 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)
         corner_emb = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
         return emb + corner_emb
+
+    def embed_onnx(
+        self,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official ONNX decoder's prompt embedding: point_coords BxNx2 with point_labels BxN (-1
+        padding, 0 background, 1 foreground, 2/3 box corners; no padding point added), mask_input
+        Bx1x4Hx4W counted where has_mask_input (1) is 1 -> sparse BxNxC, dense BxCxHxW."""
+        sparse = self._embed_points(point_coords, point_labels, pad=False)
+        no_mask = self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = has_mask_input * self.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
+        return sparse, dense
 
     def forward(
         self,

@@ -11,7 +11,9 @@ segmenters (``kind = "instance"``, FastSAM) use it: their transform's prompt fra
 and ``decode`` returns the prompt-selected masks at the original resolution. A model may also offer
 ``everything_source(**options)``: the :class:`~litesam.MaskGenerator`'s default source for it (a
 ``PromptSource``, or a source with ``segment(features, frame) -> MaskCandidates`` that needs no
-prompts); the generator's extra keyword arguments (FastSAM: ``conf``, ``iou``) go to it.
+prompts); the generator's extra keyword arguments (FastSAM: ``conf``, ``iou``) go to it. A model with
+SAM's prompt encoder offers ``decode_onnx`` (:meth:`Sam.decode_onnx`): the core of the official SAM
+ONNX decoder interface that :func:`litesam.export.export_onnx` writes.
 """
 
 from __future__ import annotations
@@ -101,6 +103,24 @@ class Sam(nn.Module):
             dense,
             self.mask_tokens(multimask_output),
             features=features,
+        )
+
+    def decode_onnx(
+        self,
+        features: Features,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official SAM ONNX decoder's core (``litesam.export``): point_coords 1xNx2 prompt-frame
+        pixels with float point_labels 1xN (-1 padding, 0/1 background/foreground, 2/3 box corners; the
+        caller pads), mask_input 1x1x256x256 used where has_mask_input (1) is 1 -> (low-res logits of
+        every mask token 1xTx256x256, their scores 1xT)."""
+        sparse, dense = self.prompt_encoder.embed_onnx(point_coords, point_labels, mask_input, has_mask_input)
+        pe = self.prompt_encoder.get_dense_pe()
+        return self.mask_decoder.predict_masks(
+            features["image_embeddings"], pe, sparse, dense, slice(None), features=features
         )
 
     def mask_tokens(self, multimask_output: bool) -> slice:

@@ -1,0 +1,61 @@
+"""Backends: what runs a model's ``encode`` / ``decode`` for the :class:`~litesam.Predictor` and the
+:class:`~litesam.MaskGenerator`.
+
+``"torch"`` is the model itself. ``"onnxruntime"`` and ``"openvino"`` run its exported graphs on the CPU
+(:class:`~litesam.runtimes.exported.ExportedBackend`; files exported once and cached under
+``$LITESAM_HOME/runtimes``); they need the ``onnx`` / ``openvino`` extras.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..errors import InputError
+from ..modeling.sam import Features, PromptableModel
+from ..prompts import Prompts
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The encode/decode half of :class:`~litesam.modeling.sam.PromptableModel` (a model is one)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode(self, x: torch.Tensor) -> Features: ...
+
+    def decode(
+        self, features: Features, prompts: Prompts, multimask_output: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def open_backend(model: PromptableModel, backend: str | Backend = "torch", precision: str | None = None) -> Backend:
+    """The backend named ``backend`` for ``model`` (a :class:`Backend` object is returned as it is).
+
+    ``precision`` (exported backends only): onnxruntime ``"fp32"`` (default) or ``"int8"`` (encoder
+    weights dynamically quantised); openvino ``"fp32"``, ``"bf16"`` (inference hint) or ``"int8"``
+    (NNCF). The torch model's precision is the one it was built with.
+    """
+    if not isinstance(backend, str):
+        return backend
+    if backend == "torch":
+        if precision not in (None, "fp32"):
+            raise InputError(
+                f"the torch backend runs the model as built: precision {precision!r} is a build_model option"
+            )
+        return model
+    if backend == "onnxruntime":
+        from .exported import ExportedBackend
+        from .onnxruntime import OnnxRuntimeEngine
+
+        return ExportedBackend(model, OnnxRuntimeEngine(precision or "fp32"))
+    if backend == "openvino":
+        from .exported import ExportedBackend
+        from .openvino import OpenVinoEngine
+
+        return ExportedBackend(model, OpenVinoEngine(precision or "fp32"))
+    raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

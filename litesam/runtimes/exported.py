@@ -1,0 +1,110 @@
+"""A backend over exported graphs: the model's encoder and its prompt decoders (one per prompt kind,
+exported on first use), run by an :class:`Engine` (ONNX Runtime or OpenVINO) on the CPU."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..export.graphs import PromptKind, check_exportable
+from ..export.onnx import META, encoder_meta, export_encoder, export_prompt_decoder, read_meta
+from ..modeling.sam import Features, PromptableModel
+from ..prompts import Prompts
+from ..utils.io import atomic_write_json, durable_replace
+from .cache import cached_file, model_folder, temporary_name
+
+Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]  # named inputs -> outputs in graph order
+
+
+class Engine(Protocol):
+    """Loads an exported ONNX file for running: ``role`` is ``"encoder"`` (where a precision such as
+    int8 applies) or ``"decoder"``. ``precision``: what it runs in (bf16 asked of a CPU without bf16
+    runs fp32)."""
+
+    name: str
+    precision: str
+
+    def load(self, onnx_file: Path, role: str) -> Runner: ...
+
+
+class ExportedBackend:
+    """``encode`` / ``decode`` of ``model`` (the :class:`~litesam.modeling.sam.PromptableModel` calls)
+    through its exported graphs, cached per model (:func:`~litesam.runtimes.cache.model_folder`).
+
+    Outputs are CPU tensors; the torch model itself is used only to export. Safe to call from several
+    threads.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, model: PromptableModel, engine: Engine) -> None:
+        check_exportable(model)
+        self.model = model
+        self.engine = engine
+        self.folder = model_folder(model)
+        cached_file(self.folder / META, self._export_encoder)
+        self.features = read_meta(self.folder)["features"]
+        self.encoder = engine.load(self.folder / "encoder.onnx", "encoder")
+        self._decoders: dict[PromptKind, Runner] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    def _export_encoder(self) -> None:
+        path = self.folder / "encoder.onnx"
+        tmp = temporary_name(path)
+        try:
+            names, shapes = export_encoder(self.model, tmp)
+            durable_replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        atomic_write_json(self.folder / META, encoder_meta(self.model, names, shapes), indent=2)
+
+    def decoder_file(self, kind: PromptKind) -> Path:
+        """The ONNX prompt decoder for ``kind``, exported on first use."""
+        path = self.folder / f"decode-{kind.name}.onnx"
+
+        def export() -> None:
+            tmp = temporary_name(path)
+            try:
+                export_prompt_decoder(self.model, tmp, self.features, kind)
+                durable_replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        return cached_file(path, export)
+
+    def _decoder(self, kind: PromptKind) -> Runner:
+        with self._lock:
+            if kind not in self._decoders:
+                self._decoders[kind] = self.engine.load(self.decoder_file(kind), "decoder")
+            return self._decoders[kind]
+
+    def encode(self, x: torch.Tensor) -> Features:
+        """1x3xSxS encoder input -> the named features (CPU tensors)."""
+        outputs = self.encoder({"image": x.detach().cpu().float().numpy()})
+        return {name: torch.from_numpy(out) for name, out in zip(self.features, outputs, strict=True)}
+
+    def decode(
+        self, features: Features, prompts: Prompts, multimask_output: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the model's ``decode``: features of one image, B prompt sets in the prompt frame ->
+        (BxMx256x256 low-res logits, BxM scores)."""
+        kind = PromptKind.of(prompts, multimask_output)
+        feeds = {name: features[name].detach().cpu().float().numpy() for name in self.features}
+        feeds.update(
+            (name, t.detach().cpu().numpy()) for name, t in zip(kind.inputs, kind.tensors(prompts), strict=True)
+        )
+        low_res, scores = self._decoder(kind)(feeds)
+        return torch.from_numpy(low_res), torch.from_numpy(scores)
