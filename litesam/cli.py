@@ -12,10 +12,12 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
-from .cli_args import add_model_args
+from .bench.cli import add_bench_parser
+from .cli_args import add_backend_args, add_model_args
 from .distill.cli import add_parsers as add_distill_parsers
 from .errors import InputError, LitesamError, OutputError
 from .evaluation.cli import add_parser as add_eval_parser
+from .export.cli import add_export_parser
 from .server.cli import add_parser as add_serve_parser
 
 
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("image", help="image file (JPEG, PNG, TIFF, ...)")
     add_model_args(seg)
+    add_backend_args(seg)
     seg.add_argument(
         "--point",
         action="append",
@@ -103,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_parsers(sub)
     add_eval_parser(sub)
     add_serve_parser(sub)
+    add_export_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
@@ -141,6 +146,7 @@ def _add_everything_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
     add_model_args(p)
+    add_backend_args(p)
     p.add_argument(
         "-o", "--output", default="litesam_everything", help="output folder (default litesam_everything)"
     )
@@ -206,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .server.cli import run as run_serve
 
     commands["serve"] = run_serve
+    from .bench.cli import run as run_bench
+    from .export.cli import run as run_export
+
+    commands.update(export=run_export, bench=run_bench)
     try:
         return commands[args.command](args)
     except LitesamError as e:
@@ -304,7 +314,7 @@ def _segment(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     out = writable_folder(args.output)  # before the slow part: a bad -o fails in a second
     model = build_model(_model_name(args), checkpoint=args.checkpoint, device=args.device)
-    predictor = Predictor(model)
+    predictor = Predictor(model, backend=args.backend)
     predictor.set_image(image)
 
     points = np.array([p[:2] for p in args.point], dtype=np.float64).reshape(-1, 2)
@@ -368,11 +378,12 @@ def _everything(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k in knobs}
     writable_folder(args.output)  # before the slow part: a bad -o fails in a second
     model = build_model(_model_name(args), checkpoint=args.checkpoint, device=device)
-    generator = MaskGenerator(model, output_mode=args.output_mode, **settings)
+    generator = MaskGenerator(model, output_mode=args.output_mode, backend=args.backend, **settings)
     info = {
         "model": args.model,
         "checkpoint": str(args.checkpoint),
         "boxes": args.boxes,
+        "backend": args.backend,
         "settings": settings,
     }
     summary = segment_everything(

@@ -1,4 +1,5 @@
-"""Command-line options shared by the ``litesam`` commands (segment, everything, edges, eval)."""
+"""Command-line options shared by the ``litesam`` commands (segment, everything, edges, eval, export,
+bench)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,16 @@ def add_model_args(p: argparse.ArgumentParser, model_required: bool = False) -> 
         help="checkpoint file; 'auto' (default) uses the cached official file, downloading it if needed",
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """``--backend`` (default torch): what runs the model (see :func:`litesam.runtimes.open_backend`)."""
+    from .runtimes import BACKENDS
+
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="what runs the model: torch (default), or onnxruntime / openvino on its exported graphs"
+        " (exported once, cached under $LITESAM_HOME/runtimes; extras litesam[onnx] / litesam[openvino])",
+    )

@@ -53,6 +53,10 @@ class ModelSpec:
       checkpoint knows (pruned models): the unloaded model sized from the (converted) state_dict's
       shapes; a ValueError when the state_dict is not of this family. ``build_model`` uses it whenever a
       checkpoint is given; ``build`` (with the published widths) serves everything else.
+    - ``official``: ``"package:builder"`` of the official PyTorch implementation, e.g.
+      ``"segment_anything:build_sam_vit_b"``: a package with ``SamPredictor`` and
+      ``SamAutomaticMaskGenerator`` whose ``builder()`` returns the model that strictly loads the unfused
+      model's state_dict (``litesam bench --peers`` times it side by side on the same weights).
     """
 
     name: str
@@ -69,6 +73,7 @@ class ModelSpec:
     convert_state_dict: Callable[[StateDict], StateDict] | None = None
     read_checkpoint: Callable[..., StateDict] | None = None
     build_from_state_dict: Callable[..., nn.Module] | None = None
+    official: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))

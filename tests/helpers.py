@@ -7,14 +7,20 @@ import torch
 
 from litesam.modeling import ImageEncoderViT, Sam
 from litesam.utils.transforms import ImageTransform
-from litesam.zoo.sam import sam_with_encoder
+from litesam.zoo.sam import sam_mask_decoder, sam_prompt_encoder, sam_with_encoder
 
 
-def tiny_sam(seed: int = 0) -> Sam:
-    """A SAM with a 1-block, 32-wide ViT: same interfaces as the zoo models, builds and runs in ms."""
+def tiny_sam(seed: int = 0, image_size: int = 1024) -> Sam:
+    """A SAM with a 1-block, 32-wide ViT: same interfaces as the zoo models, builds and runs in ms.
+    ``image_size`` < 1024 shrinks the embedding grid (image_size / 16) and the decoder's work with it."""
     torch.manual_seed(seed)
-    encoder = ImageEncoderViT(embed_dim=32, depth=1, num_heads=2, global_attn_indexes=(0,))
-    return sam_with_encoder(encoder, ImageTransform()).eval()
+    encoder = ImageEncoderViT(
+        img_size=image_size, embed_dim=32, depth=1, num_heads=2, global_attn_indexes=(0,)
+    )
+    if image_size == 1024:
+        return sam_with_encoder(encoder, ImageTransform()).eval()
+    prompt_encoder = sam_prompt_encoder(image_size, image_size // 16)
+    return Sam(encoder, prompt_encoder, sam_mask_decoder(), ImageTransform(image_size)).eval()
 
 
 def photo(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:

@@ -79,7 +79,9 @@ class OfficialDecoderGraph(nn.Module):
     two points incl. padding, token 0 otherwise, as the official graph picks without control flow).
     """
 
-    def __init__(self, model: PromptableModel, feature_names: Sequence[str], return_single_mask: bool) -> None:
+    def __init__(
+        self, model: PromptableModel, feature_names: Sequence[str], return_single_mask: bool
+    ) -> None:
         super().__init__()
         if not callable(getattr(model, "decode_onnx", None)):
             raise InputError(
@@ -94,7 +96,9 @@ class OfficialDecoderGraph(nn.Module):
         k = len(self.feature_names)
         features = dict(zip(self.feature_names, inputs[:k], strict=True))
         point_coords, point_labels, mask_input, has_mask_input, orig_im_size = inputs[k:]
-        low_res, scores = self.model.decode_onnx(features, point_coords, point_labels, mask_input, has_mask_input)
+        low_res, scores = self.model.decode_onnx(
+            features, point_coords, point_labels, mask_input, has_mask_input
+        )
         if self.return_single_mask and low_res.shape[1] > 1:
             low_res, scores = select_single_mask(low_res, scores, point_coords.shape[1])
         return postprocess(low_res, orig_im_size, self.model.transform), scores, low_res
@@ -169,7 +173,9 @@ class PromptKind:
         prompts = Prompts(
             points=torch.rand(batch, points, 2, dtype=torch.float64) * 500 if self.points else None,
             labels=torch.ones(batch, points, dtype=torch.int64) if self.points else None,
-            boxes=torch.tensor([[100.0, 120.0, 400.0, 380.0]] * batch, dtype=torch.float64) if self.boxes else None,
+            boxes=torch.tensor([[100.0, 120.0, 400.0, 380.0]] * batch, dtype=torch.float64)
+            if self.boxes
+            else None,
             mask=torch.randn(batch, 1, mask_side, mask_side) if self.mask else None,
         )
         return self.tensors(prompts)

@@ -1,6 +1,6 @@
-"""OpenVINO IR: the ONNX graphs read by OpenVINO's ONNX frontend and saved as IR (fp32 weights kept); int8 weights
-through NNCF's data-free weight compression when ``nncf`` is installed. bf16 is not a file format but an
-inference hint (``INFERENCE_PRECISION_HINT``) applied when the IR is compiled."""
+"""OpenVINO IR: the ONNX graphs read by OpenVINO's ONNX frontend and saved as IR (fp32 weights kept);
+int8 weights through NNCF's data-free weight compression when ``nncf`` is installed. bf16 is not a file
+format but an inference hint (``INFERENCE_PRECISION_HINT``) applied when the IR is compiled."""
 
 from __future__ import annotations
 

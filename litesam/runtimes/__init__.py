@@ -33,7 +33,9 @@ class Backend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def open_backend(model: PromptableModel, backend: str | Backend = "torch", precision: str | None = None) -> Backend:
+def open_backend(
+    model: PromptableModel, backend: str | Backend = "torch", precision: str | None = None
+) -> Backend:
     """The backend named ``backend`` for ``model`` (a :class:`Backend` object is returned as it is).
 
     ``precision`` (exported backends only): onnxruntime ``"fp32"`` (default) or ``"int8"`` (encoder

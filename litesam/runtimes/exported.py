@@ -104,7 +104,8 @@ class ExportedBackend:
         kind = PromptKind.of(prompts, multimask_output)
         feeds = {name: features[name].detach().cpu().float().numpy() for name in self.features}
         feeds.update(
-            (name, t.detach().cpu().numpy()) for name, t in zip(kind.inputs, kind.tensors(prompts), strict=True)
+            (name, t.detach().cpu().numpy())
+            for name, t in zip(kind.inputs, kind.tensors(prompts), strict=True)
         )
         low_res, scores = self._decoder(kind)(feeds)
         return torch.from_numpy(low_res), torch.from_numpy(scores)

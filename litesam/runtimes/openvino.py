@@ -31,7 +31,10 @@ class OpenVinoEngine:
             require_nncf()
         self.core = self.ov.Core()
         self.requested = precision
-        self.config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self.config = {
+            "INFERENCE_PRECISION_HINT": HINTS[precision],
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        }
         self.precision = precision
 
     def load(self, onnx_file: Path, role: str) -> Runner:
@@ -39,7 +42,10 @@ class OpenVinoEngine:
         ir = onnx_file.parent / "openvino" / f"{onnx_file.stem}{'.int8' if int8 else ''}.xml"
         cached_file(ir, lambda: onnx_to_ir(onnx_file, ir, int8=int8))
         compiled = self.core.compile_model(str(ir), "CPU", self.config)
-        if self.requested == "bf16" and compiled.get_property("INFERENCE_PRECISION_HINT") != self.ov.Type.bf16:
+        if (
+            self.requested == "bf16"
+            and compiled.get_property("INFERENCE_PRECISION_HINT") != self.ov.Type.bf16
+        ):
             self.precision = "fp32"  # the CPU has no bf16: OpenVINO runs f32
         request = compiled.create_infer_request()
         outputs = compiled.outputs

@@ -38,6 +38,7 @@ MODELS = [
         name="mobile_sam",
         build=build_mobile_sam,
         source=SOURCE,
+        official="mobile_sam:build_sam_vit_t",  # PyPI mobilesam-mirror
         # pinned to the commit that last changed the file (same blob as master)
         url="https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/a509aac54fdd7af59f843135f2f7cee307283c88/weights/mobile_sam.pt",
         sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",

@@ -1,0 +1,67 @@
+"""``litesam export``: a registered model (and checkpoint) -> ONNX files or OpenVINO IR."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli_args import add_model_args
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX (official SAM ONNX decoder interface) or OpenVINO IR",
+        description="Write encoder.onnx (image 1x3xSxS, the model's normalised input -> image_embeddings"
+        " and any extra features) and decoder.onnx (the official SAM ONNX interface: image_embeddings,"
+        " point_coords, point_labels, mask_input, has_mask_input, orig_im_size -> masks,"
+        " iou_predictions, low_res_masks; any number of points), checked with onnx.checker, plus"
+        " export.json; or the same as OpenVINO IR with --format openvino.",
+    )
+    p.add_argument("name", metavar="NAME", help="model name (see `litesam models`)")
+    add_model_args(p)
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="default onnx")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also an int8 encoder: onnx: encoder.int8.onnx (onnxruntime dynamic quantisation);"
+        " openvino: int8 encoder weights (needs nncf)",
+    )
+    p.add_argument(
+        "--bf16-hint",
+        action="store_true",
+        help="openvino: record the bf16 inference precision hint in export.json (the IR stays fp32)",
+    )
+    p.add_argument(
+        "--return-single-mask",
+        action="store_true",
+        help="the decoder returns one mask per call, as the official export option (default: all"
+        " mask tokens)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..build import build_model
+    from ..errors import InputError
+    from ..registry import get_spec
+    from ..utils.io import writable_folder
+    from .onnx import export_onnx
+    from .openvino import export_openvino
+
+    spec = get_spec(args.name)
+    if spec.kind != "promptable":
+        raise InputError(f"{spec.name} is a model of kind {spec.kind!r}: only promptable models export")
+    if args.format == "onnx" and args.bf16_hint:
+        raise InputError("--bf16-hint is an OpenVINO inference hint: use it with --format openvino")
+    if args.bf16_hint and args.quantize:
+        raise InputError("give --quantize int8 or --bf16-hint, not both")
+    out = writable_folder(args.output)
+    model = build_model(spec.name, checkpoint=args.checkpoint, device=args.device)
+    if args.format == "onnx":
+        files = export_onnx(model, out, return_single_mask=args.return_single_mask, quantize=args.quantize)
+    else:
+        precision = args.quantize or ("bf16" if args.bf16_hint else "fp32")
+        files = export_openvino(model, out, precision, return_single_mask=args.return_single_mask)
+    for role, path in files.items():
+        print(f"{role}: {path}")
+    return 0
