@@ -9,13 +9,13 @@ from .run import TASKS
 
 
 def ratios(record: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """label -> task -> median / the fastest peer's median in the row's precision class (the fastest
-    row of the class where it has no peer); > 1 is slower."""
+    """label -> task -> median / the fastest peer's median in the row's precision class (the precision
+    it ran in; the fastest row of the class where it has no peer); > 1 is slower."""
     out: dict[str, dict[str, float]] = {row["label"]: {} for row in record["rows"]}
     for task in TASKS:
         timed = [row for row in record["rows"] if task in row]
-        for precision in {row["precision"] for row in timed}:
-            same = [row for row in timed if row["precision"] == precision]
+        for precision in {row["ran"] for row in timed}:
+            same = [row for row in timed if row["ran"] == precision]
             reference = [row for row in same if row["group"] == "peer"] or same
             best = min(row[task]["median_s"] for row in reference)
             for row in same:
