@@ -162,11 +162,13 @@ BACKENDS = [
     "onnxruntime",
     pytest.param("openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="no openvino")),
 ]
-PROMPTS = {
+PROMPTS = {  # two prompt kinds: one decoder graph each, any number of prompts and points
     "one point": (Prompts.single([[40, 50]], [1]), True),
     "three points": (Prompts.single([[40, 50], [100, 30], [20, 90]], [1, 0, 1]), True),
-    "points and box, single": (Prompts.single([[60, 60]], [1], box=[30, 20, 110, 100]), False),
-    "batch of boxes": (Prompts.batch(boxes=[[30, 20, 110, 100], [0, 0, 50, 50], [5, 5, 150, 110]]), True),
+    "two sets of a point and a box": (
+        Prompts.batch([[[60, 60]], [[10, 20]]], [[1], [0]], boxes=[[30, 20, 110, 100], [0, 0, 150, 110]]),
+        False,
+    ),
 }
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -162,12 +164,35 @@ def export_prompt_decoder(
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
     """``src`` with dynamically quantised uint8 weights (activations quantised at run time), as the
-    official script quantises its decoder, written to ``dst``."""
+    official script quantises its decoder, written to ``dst``. onnxruntime's pre-processing runs first
+    (shape inference, graph optimisation: e.g. weights that the exporter shared between identical
+    tensors become initializers again)."""
     require("onnxruntime", "onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quantize_dynamic(src, dst, per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8)
+    prepared = dst.with_name(f".{dst.stem}.{os.getpid()}.pre.onnx")
+    try:
+        with _quiet_quantization():
+            quant_pre_process(src, prepared, skip_symbolic_shape=True)
+            quantize_dynamic(
+                prepared, dst, per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
+            )
+    finally:
+        prepared.unlink(missing_ok=True)
     return dst
+
+
+@contextmanager
+def _quiet_quantization() -> Iterator[None]:
+    """Silence onnxruntime.quantization's advice on the root logger while it runs."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def check_onnx(path: Path) -> None:
