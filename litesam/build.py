@@ -16,6 +16,7 @@ from .identify import identify
 from .modeling.fuse import fuse_modules
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import PromptableModel
+from .modeling.transformer import Attention
 from .registry import get_spec
 
 
@@ -75,10 +76,13 @@ def build_model(
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """In place: fold BatchNorms / re-parameterisable branches, use channels-last convolutions and the
-    mask decoders' fast upscaling (``MaskDecoder.fast_upscaling``)."""
+    mask decoders' fast upscaling (``MaskDecoder.fast_upscaling``) and reassociated prompt-image
+    attention (``Attention.reassociate``)."""
     fuse_modules(model.eval()).to(memory_format=torch.channels_last)
     model.channels_last = True
     for module in model.modules():
         if isinstance(module, MaskDecoder):
             module.fast_upscaling = True
+        if isinstance(module, Attention):
+            module.reassociate = True
     return model

@@ -116,11 +116,13 @@ class Predictor:
         prompts: Prompts,
         multimask_output: bool = True,
         requires_grad: bool = False,
+        min_score: float | None = None,
     ) -> Prediction:
         """B prompt sets (pixels of ``state``'s original image) -> their masks, decoded at once.
 
         Prompts outside the image or a ``mask`` of the wrong size raise an InputError. Runs without
-        autograd unless ``requires_grad`` (decoder training).
+        autograd unless ``requires_grad`` (decoder training). ``min_score``: masks scoring <= it will not
+        be used, so the model may skip computing them (their logits are then -inf).
         """
         prompts.check_inside(state.original_size)
         if prompts.mask is not None:
@@ -132,7 +134,7 @@ class Predictor:
                 )
         frame = state.transform.apply_prompts(prompts, state.original_size).to(self.device)
         with torch.inference_mode(not requires_grad):
-            low_res, scores = self.model.decode(state.features, frame, multimask_output)
+            low_res, scores = self.model.decode(state.features, frame, multimask_output, min_score)
         return Prediction(low_res, scores, state)
 
     # -- the official predictor's interface ---------------------------------------------------------

@@ -361,12 +361,17 @@ class EfficientSam(nn.Module):
         return F.pad(coords_t, (0, 0, 0, missing), value=-1.0), F.pad(labels_t, (0, missing), value=-1)
 
     def decode(
-        self, features: Mapping[str, torch.Tensor], prompts: Prompts, multimask_output: bool = True
+        self,
+        features: Mapping[str, torch.Tensor],
+        prompts: Prompts,
+        multimask_output: bool = True,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (BxMx256x256 low-res logits, BxM IoU estimates); M = 3 (multimask: tokens 1..3,
         for points and boxes alike) or 1 (token 0).
 
         features: batch 1 (shared by the B prompts) or B; prompts in the prompt frame, no mask prompt.
+        ``min_score`` is ignored (every mask is computed).
         """
         coords, labels = self.prompt_points(prompts)
         sparse = self.prompt_encoder(coords, labels)
