@@ -79,14 +79,28 @@ class MaskDecoder(nn.Module):
         image_embeddings: 1xCxHxW (shared by all prompts) or BxCxHxW; image_pe: 1xCxHxW; sparse: BxNxC;
         dense: 1xCxHxW or BxCxHxW. ``features``: the image encoder's named outputs, passed to :meth:`heads`.
         """
+        tokens, image = self.attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return self.heads(tokens, image, features, keep)
+
+    def attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer over the output tokens and the prompts with the image (shapes as in
+        :meth:`predict_masks`) -> (its outputs at the :meth:`output_tokens` positions BxTxC, image tokens
+        BxHxWxC)."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = self.output_tokens()
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings + dense_prompt_embeddings  # batch 1 when shared by all prompts
         h, w = src.shape[-2:]
         hs, src = self.transformer(src, image_pe, tokens)
-        image = src.expand(b, -1, -1).unflatten(1, (h, w))
-        return self.heads(hs[:, : len(output_tokens)], image, features, keep)
+        return hs[:, : len(output_tokens)], src.expand(b, -1, -1).unflatten(1, (h, w))
 
     def output_tokens(self) -> torch.Tensor:
         """The learned output tokens, TxC: the IoU token, then the ``num_mask_tokens`` mask tokens."""
