@@ -30,7 +30,7 @@ from fixture_cases import (
 from PIL import Image
 
 import litesam
-from litesam.checkpoint import CheckpointError
+from litesam.checkpoint import CheckpointError, read_state_dict
 from litesam.cli import main
 from litesam.modeling.tap import PAD_LABEL, select_mask_token, tap_points
 from litesam.modeling.tap_encoder import RelPosBias
@@ -238,3 +238,35 @@ def test_a_malicious_pickle_in_place_of_the_tap_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refusing the global"):
         litesam.build_model(MODEL, checkpoint=path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_array_pickles_of_every_protocol_are_read_as_tensors(tmp_path, protocol):
+    arrays = collections.OrderedDict(w=np.arange(6, dtype=np.float16).reshape(2, 3), i=np.arange(4))
+    path = tmp_path / "weights.pkl"
+    path.write_bytes(pickle.dumps(arrays, protocol=protocol))
+    state = read_state_dict(path)
+    assert state.keys() == arrays.keys()
+    assert state["w"].dtype == torch.float16 and state["w"].tolist() == arrays["w"].tolist()
+    assert state["i"].tolist() == [0, 1, 2, 3]
+
+
+def test_pickles_of_python_objects_are_refused(tmp_path):
+    path = tmp_path / "objects.pkl"
+    path.write_bytes(pickle.dumps({"w": np.array([1, "x"], dtype=object)}, protocol=2))
+    with pytest.raises(CheckpointError, match="Python objects"):
+        read_state_dict(path)
+    path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=4))
+    with pytest.raises(CheckpointError, match="not a mapping of names to numeric arrays"):
+        read_state_dict(path)
+
+
+def test_a_file_without_the_index_buffers_loads_too():
+    """Checkpoints written from the official key list without integer buffers still load strictly."""
+    fixture = require_fixture(MODEL)
+    spec = litesam.get_spec(MODEL)
+    with torch.device("meta"):
+        model = spec.instantiate()
+        official = {k: torch.empty(s) for k, s in fixture.official_state_dict_shapes.items()}
+    state = spec.convert({k: v for k, v in official.items() if not k.endswith(".index")})
+    assert state.keys() == model.state_dict().keys()
