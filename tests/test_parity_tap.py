@@ -12,6 +12,7 @@ the file is refused without running.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import pickle
@@ -32,8 +33,9 @@ from PIL import Image
 import litesam
 from litesam.checkpoint import CheckpointError, read_state_dict
 from litesam.cli import main
+from litesam.modeling.fuse import fuse_modules
 from litesam.modeling.tap import PAD_LABEL, select_mask_token, tap_points
-from litesam.modeling.tap_encoder import RelPosBias
+from litesam.modeling.tap_encoder import RelPosBias, TapImageEncoder
 from litesam.prompts import Prompts
 
 MODEL = "tap_vit_b"
@@ -99,6 +101,18 @@ def test_official_keys_load_strictly_and_only_the_caption_decoder_is_left_out(ta
     assert spec.convert(predictor.model.state_dict()).keys() == ours.keys()
     left_out = [k for k in official if k.startswith("text_decoder.") or k.endswith(".rel_pos_embed.index")]
     assert len(converted) == len(official) - len(left_out)
+
+
+def test_preprocessing_reproduces_the_official_input_bit_for_bit(tap_run):
+    """Resized with PIL, padded with the uint8 mean pixel (the official uint8 batch), then normalised in
+    BGR by the checkpoint's pixel_mean / pixel_rsig (the official float32 encoder input)."""
+    fixture, predictor = tap_run
+    pre = fixture.meta["preprocessing"]
+    pixels = predictor.model.transform.to_input(np.asarray(Image.open(fixture.image_path).convert("RGB")))
+    bgr_batch = pixels.flip(1).permute(0, 2, 3, 1).to(torch.uint8).numpy()
+    assert hashlib.sha256(bgr_batch.tobytes()).hexdigest() == pre["img_batch_uint8_sha256"]
+    x = predictor.model.normalize(pixels).contiguous().numpy()
+    assert hashlib.sha256(x.tobytes()).hexdigest() == pre["encoder_input"]["sha256_float32_nchw_c_order"]
 
 
 def test_image_embedding_matches_official(tap_run):
@@ -270,3 +284,21 @@ def test_a_file_without_the_index_buffers_loads_too():
         official = {k: torch.empty(s) for k, s in fixture.official_state_dict_shapes.items()}
     state = spec.convert({k: v for k, v in official.items() if not k.endswith(".index")})
     assert state.keys() == model.state_dict().keys()
+
+
+def test_fusing_folds_every_batchnorm_of_the_encoder_and_keeps_its_output():
+    torch.manual_seed(0)
+    encoder = TapImageEncoder(depth=4, embed_dim=64, num_heads=2, image_size=256).eval()
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        reference = encoder(x)
+        fuse_modules(encoder)
+        fused = encoder(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+    assert_allclose(fused, reference.numpy(), 1e-5 * reference.abs().max().item(), "fused encoder")

@@ -155,10 +155,14 @@ class TokenizeAnything(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xSxS RGB pixels (0-255) -> the encoder's input: BGR, ``(x - pixel_mean) * pixel_rsig`` with the
+        checkpoint's buffers."""
+        return (x.flip(1) - self.pixel_mean.view(1, 3, 1, 1)) * self.pixel_rsig.view(1, 3, 1, 1)
+
     def encode(self, x: torch.Tensor) -> Features:
-        """Bx3xSxS RGB pixels (0-255, padded by the transform) -> ``{"image_embeddings": Bx256x64x64}``;
-        the pixels are normalised here, in BGR order, by the checkpoint's ``pixel_mean`` / ``pixel_rsig``."""
-        x = (x.flip(1) - self.pixel_mean.view(1, 3, 1, 1)) * self.pixel_rsig.view(1, 3, 1, 1)
+        """Bx3xSxS RGB pixels (0-255, padded by the transform) -> ``{"image_embeddings": Bx256x64x64}``."""
+        x = self.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return {"image_embeddings": self.image_encoder(x)}

@@ -129,11 +129,17 @@ class _FusedBottleneck(nn.Module):
         return x + self.conv3(F.gelu(self.conv2(F.gelu(self.conv1(x)))))
 
 
-def conv_bn(in_ch: int, out_ch: int, kernel_size: int) -> nn.Sequential:
-    """Bias-free conv (key ``0``) + BatchNorm (key ``1``), 'same' padding."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out_ch)
-    )
+class ConvBN(nn.Sequential):
+    """Bias-free conv (key ``0``) + BatchNorm (key ``1``), 'same' padding; :meth:`fused` folds them."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+
+    def fused(self) -> nn.Conv2d:
+        return fuse_conv_bn(self[0], self[1])
 
 
 class Neck(nn.Module):
@@ -141,8 +147,8 @@ class Neck(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.lateral_conv = nn.ModuleList([conv_bn(in_ch, out_ch, 1)])
-        self.output_conv = nn.ModuleList([conv_bn(out_ch, out_ch, 3)])
+        self.lateral_conv = nn.ModuleList([ConvBN(in_ch, out_ch, 1)])
+        self.output_conv = nn.ModuleList([ConvBN(out_ch, out_ch, 3)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_conv[0](self.lateral_conv[0](x))
