@@ -115,24 +115,38 @@ class MaskDecoder(nn.Module):
         min_score: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`predict_masks` for one chunk of prompts."""
-        b = sparse_prompt_embeddings.shape[0]
-        output_tokens = self.output_tokens()
-        tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
-        src = image_embeddings + dense_prompt_embeddings  # batch 1 when shared by all prompts
-        h, w = src.shape[-2:]
-        hs, src = self.transformer(src, image_pe, tokens)
-        image = src.expand(b, -1, -1).unflatten(1, (h, w))
-        tokens = hs[:, : len(output_tokens)]
+        tokens, image = self.attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
         if min_score is None:
             return self.heads(tokens, image, features, keep)
         scores = self.predict_scores(tokens, keep)
         live = (scores > min_score).any(dim=1)
         if bool(live.all()):
             return self.heads(tokens, image, features, keep)
-        masks = image.new_full((b, scores.shape[1], 4 * h, 4 * w), float("-inf"))
+        h, w = image.shape[1:3]
+        masks = image.new_full((len(tokens), scores.shape[1], 4 * h, 4 * w), float("-inf"))
         if bool(live.any()):
             masks[live] = self.heads(tokens[live], image[live], features, keep)[0]
         return masks, scores
+
+    def attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer over the output tokens and the prompts with the image (shapes as in
+        :meth:`predict_masks`) -> (its outputs at the :meth:`output_tokens` positions BxTxC, image tokens
+        BxHxWxC)."""
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = self.output_tokens()
+        tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
+        src = image_embeddings + dense_prompt_embeddings  # batch 1 when shared by all prompts
+        h, w = src.shape[-2:]
+        hs, src = self.transformer(src, image_pe, tokens)
+        return hs[:, : len(output_tokens)], src.expand(b, -1, -1).unflatten(1, (h, w))
 
     def output_tokens(self) -> torch.Tensor:
         """The learned output tokens, TxC: the IoU token, then the ``num_mask_tokens`` mask tokens."""
