@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from .identify import identify
 from .modeling.fuse import fuse_modules
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import PromptableModel
+from .modeling.transformer import Attention
 from .registry import get_spec
 
 
@@ -75,10 +77,40 @@ def build_model(
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """In place: fold BatchNorms / re-parameterisable branches, use channels-last convolutions and the
-    mask decoders' fast upscaling (``MaskDecoder.fast_upscaling``)."""
+    mask decoders' fast upscaling (``MaskDecoder.fast_upscaling``) and reassociated prompt-image
+    attention (``Attention.reassociate``); :func:`reference_paths` switches the last two off for a
+    while."""
     fuse_modules(model.eval()).to(memory_format=torch.channels_last)
     model.channels_last = True
     for module in model.modules():
         if isinstance(module, MaskDecoder):
             module.fast_upscaling = True
+        if isinstance(module, Attention):
+            module.reassociate = True
     return model
+
+
+# The speed-only paths prepare_for_inference switches on, as (module type, flag): same results, but they
+# branch on shapes in Python, which a traced graph (ONNX export) would freeze.
+_FAST_PATHS = ((MaskDecoder, "fast_upscaling"), (Attention, "reassociate"))
+_DEFAULT = object()  # a flag not set on the instance: the class default applies
+
+
+@contextmanager
+def reference_paths(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model`` computes with the reference paths (e.g. for tracing to ONNX); the
+    flags are restored after it, including where they were the class defaults."""
+    saved = []
+    for module in model.modules():
+        for kind, flag in _FAST_PATHS:
+            if isinstance(module, kind):
+                saved.append((module, flag, vars(module).get(flag, _DEFAULT)))
+                setattr(module, flag, False)
+    try:
+        yield
+    finally:
+        for module, flag, value in saved:
+            if value is _DEFAULT:
+                delattr(module, flag)
+            else:
+                setattr(module, flag, value)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,6 +53,8 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         reader = _PICKLED_MODEL_READERS.get(blocked[1].split(".")[0]) if blocked else None
         if reader is not None:
             return reader(path)
+        if is_plain_pickle(path):  # not a torch file: a pickled mapping of numpy arrays (TAP's .pkl)?
+            return read_array_pickle(path)
         raise CheckpointError(_unreadable(path, e)) from e
     except Exception as e:  # the unpickler raises many types on garbage input
         raise CheckpointError(_unreadable(path, e)) from e
@@ -186,6 +189,77 @@ def read_pickled_sam(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not state:
         raise CheckpointError(f"{path} holds a SAM model without weights")
     return state
+
+
+def is_plain_pickle(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a bare pickle (protocol 2+), not a torch zip file nor torch's legacy format
+    (which starts with a pickled magic number, a LONG1 opcode)."""
+    with open(path, "rb") as f:
+        head = f.read(3)
+    return len(head) == 3 and head[0] == 0x80 and head[2] != 0x8A
+
+
+def _array_from_buffer(buffer: Any, dtype: Any, shape: tuple[int, ...], order: str) -> np.ndarray:
+    """numpy's protocol-5 array constructor, for plain numeric buffers only."""
+    return np.frombuffer(buffer, dtype=_numeric_dtype(dtype)).reshape(shape, order=order)
+
+
+def _numeric_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype(...)`` refusing anything that can hold Python objects."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(f"refusing an array of Python objects (dtype {dtype})")
+    return dtype
+
+
+def _empty_array(cls: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's protocol-2 array constructor (the data follow in ``__setstate__``), plain arrays only."""
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing the array subclass {cls!r}")
+    return np.ndarray(shape, dtype=_numeric_dtype(dtype))
+
+
+def _latin1(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for raw bytes."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refusing the encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles mappings of numpy arrays and nothing else: the globals numpy's array pickling uses (each
+    replaced by a checked constructor) and OrderedDict; any other global is refused, nothing else runs."""
+
+    _ALLOWED: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("numpy", "dtype"): _numeric_dtype,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+        ("numpy._core.multiarray", "_reconstruct"): _empty_array,
+        ("numpy.core.numeric", "_frombuffer"): _array_from_buffer,
+        ("numpy._core.numeric", "_frombuffer"): _array_from_buffer,
+        ("_codecs", "encode"): _latin1,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"refusing the global {module}.{name}")
+
+
+def read_array_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A pickled mapping name -> numpy array (TAP's released ``.pkl`` files) -> tensors, read by
+    :class:`_ArrayUnpickler` (numbers only: no class is imported, no code from the file runs)."""
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f).load()
+    except Exception as e:  # the unpickler raises many types on garbage input
+        raise CheckpointError(f"{path} is not a pickle of numpy arrays: {e}") from e
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for k, v in obj.items()
+    ):
+        raise CheckpointError(f"{path} is a pickle, but not a mapping of names to numeric arrays")
+    return {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in obj.items()}
 
 
 _PICKLED_MODEL_READERS = {"ultralytics": read_ultralytics_checkpoint, "segment_anything_kd": read_pickled_sam}

@@ -123,11 +123,13 @@ class Predictor:
         prompts: Prompts,
         multimask_output: bool = True,
         requires_grad: bool = False,
+        min_score: float | None = None,
     ) -> Prediction:
         """B prompt sets (pixels of ``state``'s original image) -> their masks, decoded at once.
 
         Prompts outside the image or a ``mask`` of the wrong size raise an InputError. Runs without
-        autograd unless ``requires_grad`` (decoder training, torch backend).
+        autograd unless ``requires_grad`` (decoder training, torch backend). ``min_score``: masks scoring
+        <= it will not be used, so the model may skip computing them (their logits are then -inf).
         """
         if requires_grad and self.backend is not self.model:
             raise InputError("requires_grad needs the torch backend (exported graphs have no gradients)")
@@ -141,7 +143,7 @@ class Predictor:
                 )
         frame = state.transform.apply_prompts(prompts, state.original_size).to(self.device)
         with torch.inference_mode(not requires_grad):
-            low_res, scores = self.backend.decode(state.features, frame, multimask_output)
+            low_res, scores = self.backend.decode(state.features, frame, multimask_output, min_score)
         return Prediction(low_res, scores, state)
 
     # -- the official predictor's interface ---------------------------------------------------------

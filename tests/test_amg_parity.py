@@ -21,6 +21,7 @@ from test_live_official_sam import randomize
 
 import litesam
 import litesam.modeling
+from litesam.build import prepare_for_inference
 from litesam.utils.amg import rle_to_mask
 
 
@@ -65,19 +66,45 @@ def assert_records_match(ours: list[dict], theirs: list[dict], min_iou: float = 
 def mobile_sam_amg():
     fixture = require_fixture("mobile_sam")
     runs = json.loads((fixture.folder / "amg.json").read_text())
-    model = fill_parity_weights(litesam.build_model("mobile_sam"))
-    return fixture, model, {"primary": runs["primary"], **runs["extra_runs"]}
+    plain = fill_parity_weights(litesam.build_model("mobile_sam"))
+    fast = prepare_for_inference(fill_parity_weights(litesam.build_model("mobile_sam")))
+    return fixture, {"plain": plain, "fast": fast}, {"primary": runs["primary"], **runs["extra_runs"]}
 
 
+@pytest.mark.parametrize("path", ["plain", "fast"])
 @pytest.mark.parametrize("run", ["primary", "grid2_no_nms_offset0.1"])
-def test_reproduces_official_mobile_sam_generator_fixture(mobile_sam_amg, run):
-    fixture, model, runs = mobile_sam_amg
+def test_reproduces_official_mobile_sam_generator_fixture(mobile_sam_amg, run, path):
+    """Both decoder paths: the plain one (as trained) and the fast one ``build_model`` gives with a
+    checkpoint (reassociated attention, GEMM upscaling, prompt chunks)."""
+    fixture, models, runs = mobile_sam_amg
     settings, expected = runs[run]["settings"], runs[run]["records"]
-    records = litesam.MaskGenerator(model, **settings).generate(fixture.image_path)
+    records = litesam.MaskGenerator(models[path], **settings).generate(fixture.image_path)
     assert_records_match(records, expected, min_iou=0.999)
     for ours, theirs in zip(records, expected, strict=True):  # same order: descending predicted IoU
         assert ours["point_coords"] == theirs["point_coords"] and ours["crop_box"] == theirs["crop_box"]
         assert ours["segmentation"]["size"] == theirs["segmentation"]["size"]
+
+
+@pytest.mark.parametrize("pred_iou_thresh", [0.0, "median"], ids=["filters off", "IoU filter"])
+def test_fast_path_gives_the_plain_paths_records(mobile_sam_amg, pred_iou_thresh):
+    """A 7x7 grid decoded 16 prompts at a time, no NMS: every mask of the plain path, in its order. With
+    the IoU filter the fast path also skips the masks of prompts with no score above it."""
+    fixture, models, _ = mobile_sam_amg
+    settings = dict(
+        points_per_side=7,
+        points_per_batch=16,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        output_mode="uncompressed_rle",
+    )
+    plain = litesam.MaskGenerator(models["plain"], **settings).generate(fixture.image_path)
+    if pred_iou_thresh == "median":
+        settings["pred_iou_thresh"] = float(np.median([r["predicted_iou"] for r in plain]))
+        plain = [r for r in plain if r["predicted_iou"] > settings["pred_iou_thresh"]]
+    fast = litesam.MaskGenerator(models["fast"], **settings).generate(fixture.image_path)
+    assert len(plain) >= 49
+    assert_records_match(fast, plain, min_iou=0.999)
 
 
 # ---- 2. live, against the official package --------------------------------------------------------

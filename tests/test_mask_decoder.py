@@ -15,6 +15,7 @@ from torch import nn
 from litesam.build import prepare_for_inference
 from litesam.modeling import MaskDecoder, TwoWayTransformer
 from litesam.modeling.common import MLP
+from litesam.modeling.transformer import Attention
 
 DIM, SIDE, POINTS = 32, 8, 3  # a 32-wide decoder on an 8x8 embedding (32x32 masks), 3 prompt tokens
 MULTIMASK, SINGLE = slice(1, None), slice(0, 1)
@@ -102,6 +103,52 @@ def test_prepare_for_inference_switches_the_decoder_to_fast_upscaling():
         fast = model.mask_decoder.predict_masks(*inputs)
     assert model.mask_decoder.fast_upscaling
     torch.testing.assert_close(fast, reference)
+
+
+@pytest.mark.parametrize(
+    ("queries", "keys"),
+    [((5, 7), (1, 64)), ((5, 7), (5, 64)), ((1, 64), (5, 7)), ((5, 64), (5, 7))],
+    ids=["tokens->shared image", "tokens->per-prompt image", "shared image->tokens", "image->tokens"],
+)
+def test_reassociated_attention_equals_the_projected_one(queries, keys):
+    """(batch, tokens) of each side; 8 heads of width 16 meeting 7 tokens fold into 56 < 128 columns."""
+    attention = Attention(256, num_heads=8, downsample_rate=2).double()
+    randomize(attention, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(*queries, 256, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(*keys, 256, generator=gen, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():
+        reference = attention(q, k, v)
+        attention.reassociate = True
+        folded = attention(q, k, v)
+    assert folded.shape == (5, queries[1], 256)
+    torch.testing.assert_close(folded, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_decoding_in_prompt_chunks_equals_one_batch():
+    model = decoder().double()
+    inputs = prompts(5, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model.predict_masks(*inputs, MULTIMASK)
+        model.prompt_chunk = 2
+        chunked = model.predict_masks(*inputs, MULTIMASK)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)  # BLAS blocking may differ
+
+
+@pytest.mark.parametrize("extra", [False, True], ids=["SAM", "extra token"])
+def test_min_score_skips_exactly_the_prompts_with_no_mask_above_it(extra):
+    model = decoder(ExtraTokenDecoder if extra else MaskDecoder).double()
+    inputs, features = prompts(6, dtype=torch.float64), interm_features(torch.float64)
+    keep = SINGLE if extra else MULTIMASK
+    with torch.no_grad():
+        masks, scores = model.predict_masks(*inputs, keep, features=features)
+        threshold = float(scores.max(dim=1).values.median())
+        gated_masks, gated_scores = model.predict_masks(*inputs, keep, features=features, min_score=threshold)
+    torch.testing.assert_close(gated_scores, scores, rtol=0, atol=0)
+    live = (scores > threshold).any(dim=1)
+    assert 0 < int(live.sum()) < len(live)
+    torch.testing.assert_close(gated_masks[live], masks[live], rtol=1e-12, atol=1e-12)
+    assert bool((gated_masks[~live] == float("-inf")).all())
 
 
 class FixedPromptDecoder(nn.Module):

@@ -7,8 +7,7 @@ PromptableModel`: ``transform``, ``encode``, ``decode``; ``decode_onnx`` for the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..modeling.mask_decoder import MaskDecoder
 from ..modeling.sam import PromptableModel
 from ..prompts import Prompts
 from ..utils.transforms import ImageTransform
@@ -34,23 +32,6 @@ def check_exportable(model: PromptableModel) -> None:
             f"{type(model).__name__} segments whole images at their own size (an instance segmenter):"
             " only promptable SAM-like models export to ONNX"
         )
-
-
-@contextmanager
-def reference_paths(model: nn.Module) -> Iterator[None]:
-    """Run the mask decoders' reference upscaling (no Python loop over prompts) while tracing."""
-    decoders = [m for m in model.modules() if isinstance(m, MaskDecoder)]
-    before = [vars(d).get("fast_upscaling") for d in decoders]  # None: the class default
-    for d in decoders:
-        d.fast_upscaling = False
-    try:
-        yield
-    finally:
-        for d, fast in zip(decoders, before, strict=True):
-            if fast is None:
-                del d.fast_upscaling
-            else:
-                d.fast_upscaling = fast
 
 
 class EncoderGraph(nn.Module):

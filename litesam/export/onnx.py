@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..build import reference_paths
 from ..errors import InputError
 from ..modeling.sam import PromptableModel
 from ..utils.io import atomic_write_json
@@ -33,7 +34,6 @@ from .graphs import (
     PromptDecoderGraph,
     PromptKind,
     check_exportable,
-    reference_paths,
 )
 
 OPSET = 17

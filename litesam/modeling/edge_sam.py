@@ -100,9 +100,15 @@ class EdgeSam(Sam):
         return slice(tokens - self.multimask_outputs, None) if multimask_output else slice(0, 1)
 
     def decode(
-        self, features: Features, prompts: Prompts, multimask_output: bool = True
+        self,
+        features: Features,
+        prompts: Prompts,
+        multimask_output: bool = True,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        masks, scores = super().decode(features, prompts, multimask_output)
+        if self.stability_scores:  # scores from the masks: every mask is needed
+            min_score = None
+        masks, scores = super().decode(features, prompts, multimask_output, min_score)
         if self.stability_scores:
             return masks, stability_score(masks, self.mask_threshold, self.stability_offset)
         return masks, scores

@@ -350,27 +350,34 @@ class EfficientSam(nn.Module):
         if prompts.boxes is not None:
             coords.append(prompts.boxes.reshape(-1, 2, 2).float())
             corner_labels = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=prompts.boxes.device)
-            labels.append(corner_labels.expand(len(prompts.boxes), 2))
+            labels.append(corner_labels.expand(prompts.boxes.shape[0], 2))
         if prompts.points is not None:
             coords.append(prompts.points.float())
             labels.append(prompts.labels.to(torch.int64))
-        coords_t = torch.cat(coords, dim=1)[:, :MAX_POINTS]
-        labels_t = torch.cat(labels, dim=1)[:, :MAX_POINTS]
+        coords_t = torch.cat(coords, dim=1)
         coords_t = torch.where(coords_t >= 0, coords_t, torch.full_like(coords_t, -1.0))
-        missing = MAX_POINTS - coords_t.shape[1]
-        return F.pad(coords_t, (0, 0, 0, missing), value=-1.0), F.pad(labels_t, (0, missing), value=-1)
+        # pad by appending MAX_POINTS padding points, then truncate (no Python arithmetic on shapes, so a
+        # traced graph takes any number of points)
+        coords_t = F.pad(coords_t, (0, 0, 0, MAX_POINTS), value=-1.0)[:, :MAX_POINTS]
+        labels_t = F.pad(torch.cat(labels, dim=1), (0, MAX_POINTS), value=-1)[:, :MAX_POINTS]
+        return coords_t, labels_t
 
     def decode(
-        self, features: Mapping[str, torch.Tensor], prompts: Prompts, multimask_output: bool = True
+        self,
+        features: Mapping[str, torch.Tensor],
+        prompts: Prompts,
+        multimask_output: bool = True,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (BxMx256x256 low-res logits, BxM IoU estimates); M = 3 (multimask: tokens 1..3,
         for points and boxes alike) or 1 (token 0).
 
         features: batch 1 (shared by the B prompts) or B; prompts in the prompt frame, no mask prompt.
+        ``min_score`` is ignored (every mask is computed).
         """
         coords, labels = self.prompt_points(prompts)
         sparse = self.prompt_encoder(coords, labels)
-        image_embeddings = features["image_embeddings"].expand(len(sparse), -1, -1, -1)
+        image_embeddings = features["image_embeddings"].expand(sparse.shape[0], -1, -1, -1)
         masks, iou = self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse)
         keep = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, keep], iou[:, keep]

@@ -91,13 +91,17 @@ class FastSAM(YOLOv8):
         return Instances(boxes, scores, assemble_masks(protos, coefs, boxes, (h, w)))
 
     def decode(
-        self, features: Features, prompts: Prompts, multimask_output: bool = True
+        self,
+        features: Features,
+        prompts: Prompts,
+        multimask_output: bool = True,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """B prompt sets in original pixels -> (Bx1xHxW logits over the original image: +1 in the selected
         mask, -1 elsewhere; Bx1 scores). A box selects the everything mask of highest box/mask IoU (score:
         that IoU); points unite, largest first, the masks that contain a foreground point and cut out
         those containing a background point (score: the best detector score among the masks used).
-        ``multimask_output`` is ignored (one mask per prompt)."""
+        ``multimask_output`` and ``min_score`` are ignored (one mask per prompt, selected, not decoded)."""
         if prompts.mask is not None:
             raise InputError("FastSAM takes points or a box, not a mask input")
         if prompts.boxes is not None and prompts.points is not None:

@@ -23,7 +23,8 @@ class MaskDecoder(nn.Module):
       the ``num_mask_tokens`` mask tokens; a subclass appends its own after them.
     - :meth:`heads` -> (masks, iou): the transformer's outputs at those T tokens, the image tokens, the
       encoder's named ``features`` and ``keep`` -> the returned masks and scores. A subclass calls
-      ``super().heads(...)`` for SAM's masks and :meth:`upscale_masks` for its own.
+      ``super().heads(...)`` for SAM's masks and :meth:`upscale_masks` for its own; if it changes the
+      scores it also overrides :meth:`predict_scores` (the same scores without the masks).
 
     Mask upscaling has two implementations with the same result: the reference (``output_upscaling``,
     the checkpoint's transposed convolutions, then the hypernetwork product; exports to ONNX as is) and,
@@ -33,6 +34,7 @@ class MaskDecoder(nn.Module):
 
     fast_upscaling: bool = False  # inference path of upscale_masks (see _fast_upscale_masks)
     upscale_chunk: int = 16  # prompts per fast upscaling step (bounds a 4H x 4W x C/8 float buffer each)
+    prompt_chunk: int = 64  # prompts through the transformer at once (bounds B x H x W x C buffers)
 
     def __init__(
         self,
@@ -73,20 +75,78 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         keep: slice = slice(None),
         features: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks BxKx4Hx4W and IoU predictions BxK of the mask tokens selected by ``keep`` (default all).
 
         image_embeddings: 1xCxHxW (shared by all prompts) or BxCxHxW; image_pe: 1xCxHxW; sparse: BxNxC;
         dense: 1xCxHxW or BxCxHxW. ``features``: the image encoder's named outputs, passed to :meth:`heads`.
+        Prompts run ``prompt_chunk`` at a time (each prompt is independent), which bounds the per-prompt
+        image-sized intermediates. ``min_score``: prompts whose every kept IoU prediction is <= this get
+        no masks computed (their logits are -inf), e.g. when only masks scoring above it will be used.
         """
+        b = sparse_prompt_embeddings.shape[0]
+        if b <= self.prompt_chunk:
+            return self._predict_chunk(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, keep, features,
+                min_score,
+            )
+        parts = []
+        for start in range(0, b, self.prompt_chunk):
+            part = slice(start, start + self.prompt_chunk)
+            image, dense = (
+                x if x.shape[0] == 1 else x[part] for x in (image_embeddings, dense_prompt_embeddings)
+            )
+            parts.append(
+                self._predict_chunk(
+                    image, image_pe, sparse_prompt_embeddings[part], dense, keep, features, min_score
+                )
+            )
+        return torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
+
+    def _predict_chunk(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        keep: slice,
+        features: Mapping[str, Any] | None,
+        min_score: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_masks` for one chunk of prompts."""
+        tokens, image = self.attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        if min_score is None:
+            return self.heads(tokens, image, features, keep)
+        scores = self.predict_scores(tokens, keep)
+        live = (scores > min_score).any(dim=1)
+        if bool(live.all()):
+            return self.heads(tokens, image, features, keep)
+        h, w = image.shape[1:3]
+        masks = image.new_full((len(tokens), scores.shape[1], 4 * h, 4 * w), float("-inf"))
+        if bool(live.any()):
+            masks[live] = self.heads(tokens[live], image[live], features, keep)[0]
+        return masks, scores
+
+    def attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer over the output tokens and the prompts with the image (shapes as in
+        :meth:`predict_masks`) -> (its outputs at the :meth:`output_tokens` positions BxTxC, image tokens
+        BxHxWxC)."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = self.output_tokens()
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings + dense_prompt_embeddings  # batch 1 when shared by all prompts
         h, w = src.shape[-2:]
         hs, src = self.transformer(src, image_pe, tokens)
-        image = src.expand(b, -1, -1).unflatten(1, (h, w))
-        return self.heads(hs[:, : len(output_tokens)], image, features, keep)
+        return hs[:, : len(output_tokens)], src.expand(b, -1, -1).unflatten(1, (h, w))
 
     def output_tokens(self) -> torch.Tensor:
         """The learned output tokens, TxC: the IoU token, then the ``num_mask_tokens`` mask tokens."""
@@ -109,7 +169,11 @@ class MaskDecoder(nn.Module):
             [self.output_hypernetworks_mlps[i](mask_tokens[:, i]) for i in range(self.num_mask_tokens)[keep]],
             dim=1,
         )
-        return self.upscale_masks(image, hyper_in), self.iou_prediction_head(tokens[:, 0])[:, keep]
+        return self.upscale_masks(image, hyper_in), self.predict_scores(tokens, keep)
+
+    def predict_scores(self, tokens: torch.Tensor, keep: slice) -> torch.Tensor:
+        """The IoU predictions BxK that :meth:`heads` returns, from the tokens alone (no masks needed)."""
+        return self.iou_prediction_head(tokens[:, 0])[:, keep]
 
     def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
         """Image tokens BxHxWxC and hypernetwork weights BxKxC/8 -> masks BxKx4Hx4W.

@@ -45,10 +45,15 @@ class PromptableModel(Protocol):
         ...
 
     def decode(
-        self, features: Features, prompts: Prompts, multimask_output: bool = True
+        self,
+        features: Features,
+        prompts: Prompts,
+        multimask_output: bool = True,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of one image (batch 1, shared by the prompts) and B prompt sets in the prompt frame ->
-        (BxMxSxS low-res logits over the prompt frame, BxM scores)."""
+        (BxMxSxS low-res logits over the prompt frame, BxM scores). ``min_score``: a hint that masks
+        scoring <= it will not be used; a model may then skip them (their logits -inf) or ignore it."""
         ...
 
 
@@ -87,12 +92,17 @@ class Sam(nn.Module):
         return dict(out) if isinstance(out, Mapping) else {"image_embeddings": out}
 
     def decode(
-        self, features: Features, prompts: Prompts, multimask_output: bool = True
+        self,
+        features: Features,
+        prompts: Prompts,
+        multimask_output: bool = True,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (low-res mask logits BxMx256x256, predicted IoU BxM), M = 3 or 1.
 
         features: the encoder's, batch 1 (shared by all prompts) or B; prompts: B sets in the prompt
         frame (points BxNx2 with labels BxN: 1 fg, 0 bg, -1 ignore; boxes Bx4; mask Bx1x256x256).
+        Prompts whose every score is <= ``min_score`` get -inf logits instead of computed masks.
         """
         points = (prompts.points, prompts.labels) if prompts.points is not None else None
         sparse, dense = self.prompt_encoder(points=points, boxes=prompts.boxes, masks=prompts.mask)
@@ -103,6 +113,7 @@ class Sam(nn.Module):
             dense,
             self.mask_tokens(multimask_output),
             features=features,
+            min_score=min_score,
         )
 
     def decode_onnx(

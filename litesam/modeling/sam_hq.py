@@ -104,6 +104,13 @@ class HQMaskDecoder(MaskDecoder):
             features["interm_embeddings"]
         )
 
+    def _best(self, tokens: torch.Tensor, keep: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best kept SAM token's IoU prediction Bx1 and its index among the kept ones Bx1."""
+        return self.iou_prediction_head(tokens[:, 0])[:, keep].max(dim=1, keepdim=True)  # first max
+
+    def predict_scores(self, tokens: torch.Tensor, keep: slice) -> torch.Tensor:
+        return self._best(tokens, keep)[0]
+
     def heads(
         self,
         tokens: torch.Tensor,
@@ -116,7 +123,7 @@ class HQMaskDecoder(MaskDecoder):
         if features is None or "interm_embeddings" not in features:
             raise ValueError("HQMaskDecoder needs the encoder's 'interm_embeddings' feature")
         kept = list(range(self.num_mask_tokens)[keep])
-        iou, best = self.iou_prediction_head(tokens[:, 0])[:, kept].max(dim=1, keepdim=True)  # first max
+        iou, best = self._best(tokens, keep)
         upscaled = self.output_upscaling(image.permute(0, 3, 1, 2))  # B x C/8 x 4H x 4W
         hq_image = self.embedding_maskfeature(upscaled) + self.hq_features(features)
         masks = self.hf_mlp(tokens[:, -1])[:, None] @ hq_image.flatten(2)

@@ -10,7 +10,15 @@ from .common import MLPBlock
 
 
 class Attention(nn.Module):
-    """Multi-head attention whose q/k/v projections may shrink the width by ``downsample_rate``."""
+    """Multi-head attention whose q/k/v projections may shrink the width by ``downsample_rate``.
+
+    With ``reassociate`` set (:func:`litesam.build.prepare_for_inference` does), attention between a few
+    prompt tokens and the many image tokens multiplies in the cheaper order: the image tokens are never
+    projected per prompt; the token side's projections are folded into the weights instead (see
+    :meth:`_few_queries` and :meth:`_many_queries`). Same result up to float rounding.
+    """
+
+    reassociate: bool = False
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -30,12 +38,72 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q: BxNqxC, k and v: BxNkxC -> BxNqxC. A batch of 1 on either side is shared by the other's B
         (projected once, broadcast), which is how one image serves many prompts."""
+        if self.reassociate and self.num_heads * min(q.shape[1], k.shape[1]) < self.internal_dim:
+            if q.shape[1] < k.shape[1] and k.shape[0] in (1, q.shape[0]):
+                return self._few_queries(q, k, v)
+            if q.shape[1] > k.shape[1] and q.shape[0] in (1, k.shape[0]):
+                return self._many_queries(q, k, v)
         batch = max(q.shape[0], k.shape[0])
         q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
         out = F.scaled_dot_product_attention(
             self._heads(q, batch), self._heads(k, batch), self._heads(v, batch)
         )
         return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Tokens -> image: q BxTxC (T small), k and v (1 or B)xNxC -> BxTxC.
+
+        A shared image side (batch 1) is projected once and every head meets all prompts in one GEMM.
+        Per-prompt image tokens are not projected at all: per head h, ``softmax(q_h (k Wk_h' + bk_h)')
+        (v Wv_h' + bv_h)`` is computed as ``softmax((q_h Wk_h) k') v Wv_h' + bv_h`` (the key bias adds a
+        constant per query row, which softmax ignores; attention rows sum to 1, so the value bias passes
+        through): 2 x T x heads x C multiply-adds per image token instead of 2 x C x C/rate.
+        """
+        b, t, _ = q.shape
+        heads, scale = self.num_heads, (self.internal_dim // self.num_heads) ** -0.5
+        qh = self.q_proj(q).view(b, t, heads, -1).permute(2, 0, 1, 3)  # heads x B x T x d
+        if k.shape[0] == 1 and v.shape[0] == 1:
+            kh = self.k_proj(k[0]).view(-1, heads, qh.shape[-1]).permute(1, 2, 0)  # heads x d x N
+            vh = self.v_proj(v[0]).view(-1, heads, qh.shape[-1]).transpose(0, 1)  # heads x N x d
+            attn = (qh.reshape(heads, b * t, -1) @ kh).mul_(scale).softmax(-1)
+            out = (attn @ vh).view(heads, b, t, -1).permute(1, 2, 0, 3).flatten(2)  # B x T x Ci
+            return self.out_proj(out)
+        wk = self.k_proj.weight.view(heads, -1, k.shape[-1])  # heads x d x C
+        wv = self.v_proj.weight.view(heads, -1, v.shape[-1])
+        folded = (qh.transpose(0, 1) @ wk).mul_(scale).flatten(1, 2)  # B x heads*T x C
+        attn = torch.bmm(folded, k.transpose(1, 2)).softmax(-1)  # B x heads*T x N
+        mixed = torch.bmm(attn, v).view(b, heads, t, -1)  # B x heads x T x C
+        out = (mixed @ wv.transpose(1, 2)).transpose(1, 2).flatten(2) + self.v_proj.bias  # B x T x Ci
+        return self.out_proj(out)
+
+    def _many_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Image -> tokens: q (1 or B)xNxC, k and v BxTxC (T small) -> BxNxC.
+
+        The value and output projections fold into one heads*T x C matrix per prompt
+        (``sum_h attn_h (v_h Wo_h')``); per-prompt queries fold ``Wq_h`` into the keys the same way
+        (``(Wq_h' k_h')' q' + bq_h k_h'``), a shared query side is projected once and meets all
+        prompts' keys in one GEMM per head. Scores are kept heads*T x N (image tokens innermost), so the
+        softmax over the T tokens is an elementwise reduction across T rows.
+        """
+        b, t, _ = k.shape
+        heads, ci = self.num_heads, self.internal_dim
+        d, n = ci // heads, q.shape[1]
+        kh = self.k_proj(k).view(b, t, heads, d).mul_(d**-0.5)
+        vh = self.v_proj(v).view(b, t, heads, d).transpose(1, 2)  # B x heads x T x d
+        wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # heads x C x d
+        values = (vh @ wo.transpose(1, 2).unsqueeze(0)).flatten(1, 2)  # B x heads*T x C
+        if q.shape[0] == 1:
+            qh = self.q_proj(q[0]).view(n, heads, d).permute(1, 2, 0)  # heads x d x N
+            keys = kh.permute(2, 0, 1, 3).reshape(heads, b * t, d)
+            scores = (keys @ qh).view(heads, b, t, n).transpose(0, 1)  # B x heads x T x N (strided)
+        else:
+            wq = self.q_proj.weight.view(heads, d, -1)  # heads x d x C
+            folded = (kh.transpose(1, 2) @ wq.unsqueeze(0)).flatten(1, 2)  # B x heads*T x C
+            bias = (kh.transpose(1, 2) @ self.q_proj.bias.view(heads, d, 1)).view(b, -1, 1)
+            scores = torch.baddbmm(bias, folded, q.transpose(1, 2)).view(b, heads, t, n)
+        attn = torch.sub(scores, scores.amax(2, keepdim=True), out=scores.new_empty(b, heads, t, n)).exp_()
+        attn /= attn.sum(2, keepdim=True)
+        return torch.baddbmm(self.out_proj.bias, attn.view(b, heads * t, n).transpose(1, 2), values)
 
 
 class TwoWayAttentionBlock(nn.Module):

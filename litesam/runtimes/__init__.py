@@ -29,7 +29,11 @@ class Backend(Protocol):
     def encode(self, x: torch.Tensor) -> Features: ...
 
     def decode(
-        self, features: Features, prompts: Prompts, multimask_output: bool = True
+        self,
+        features: Features,
+        prompts: Prompts,
+        multimask_output: bool = True,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 

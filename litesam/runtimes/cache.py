@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import prompts
+from ..export import graphs
 from ..hub import cache_dir
 from ..utils.io import release_lock, try_lock
 
@@ -26,8 +29,13 @@ _WAIT_S = 0.2
 
 def model_identity(model: nn.Module) -> str:
     """SHA-256 (hex) of what an export depends on: the module tree (classes and plain settings such as
-    EdgeSAM's ``multimask_outputs``), the transform and every weight."""
+    EdgeSAM's ``multimask_outputs``), the source files of those classes and of the traced wrappers (a
+    changed model or export code exports anew), the transform and every weight."""
     h = hashlib.sha256(f"litesam-export-{EXPORT_VERSION}\n{model.transform!r}\n".encode())
+    sources = {sys.modules[type(m).__module__].__file__ for m in model.modules()}
+    sources |= {graphs.__file__, prompts.__file__}
+    for path in sorted(p for p in sources if p):
+        h.update(Path(path).read_bytes())
     for name, module in model.named_modules():
         settings = sorted(
             (k, repr(v))

@@ -97,10 +97,15 @@ class ExportedBackend:
         return {name: torch.from_numpy(out) for name, out in zip(self.features, outputs, strict=True)}
 
     def decode(
-        self, features: Features, prompts: Prompts, multimask_output: bool = True
+        self,
+        features: Features,
+        prompts: Prompts,
+        multimask_output: bool = True,
+        min_score: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As the model's ``decode``: features of one image, B prompt sets in the prompt frame ->
-        (BxMx256x256 low-res logits, BxM scores)."""
+        (BxMx256x256 low-res logits, BxM scores). ``min_score`` (a hint) is not used: every mask is
+        computed."""
         kind = PromptKind.of(prompts, multimask_output)
         feeds = {name: features[name].detach().cpu().float().numpy() for name in self.features}
         feeds.update(

@@ -87,6 +87,11 @@ class ImageTransform:
     - ``pixel_mean``, ``pixel_std``: per-channel RGB statistics, in the units ``pixel_scale`` gives.
     - ``mask_interpolation``: ``"bilinear"`` or ``"bicubic"`` upsampling of logits to the original size.
     - ``stride``, ``pad_value``: the letterbox's size multiple and padding pixel value (``"letterbox"`` only).
+    - ``pad_pixel``: ``"longest"`` only: an RGB pixel (0-255) that fills the padding before normalising,
+      like the image (TAP pads with its uint8 mean pixel); None: zeros after normalising (SAM).
+    - ``prompt_scale``: how original pixels map to the prompt frame: ``"per_axis"``, each axis by the
+      resized over the original size (SAM); ``"uniform"``, both by the resize factor frame / longest side
+      (TAP, whose resize keeps that factor; ``"longest"`` only).
     """
 
     image_size: int = 1024
@@ -98,6 +103,8 @@ class ImageTransform:
     mask_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     stride: int = 32
     pad_value: float = 114.0
+    pad_pixel: tuple[float, float, float] | None = None
+    prompt_scale: Literal["per_axis", "uniform"] = "per_axis"
 
     def __post_init__(self) -> None:
         if self.resize not in ("longest", "stretch", "letterbox"):
@@ -106,6 +113,8 @@ class ImageTransform:
             raise ValueError(
                 f"mask_interpolation must be 'bilinear' or 'bicubic', got {self.mask_interpolation!r}"
             )
+        if self.prompt_scale not in ("per_axis", "uniform"):
+            raise ValueError(f"prompt_scale must be 'per_axis' or 'uniform', got {self.prompt_scale!r}")
 
     @property
     def frame_size(self) -> int:
@@ -144,7 +153,12 @@ class ImageTransform:
         std = torch.tensor(self.pixel_std, device=device).view(1, -1, 1, 1)
         x = (pixels - mean) / std
         h, w = x.shape[-2:]
-        return F.pad(x, (0, self.image_size - w, 0, self.image_size - h))
+        if self.pad_pixel is None:
+            return F.pad(x, (0, self.image_size - w, 0, self.image_size - h))
+        pad = torch.tensor(self.pad_pixel, device=device).view(1, -1, 1, 1) / self.pixel_scale
+        out = ((pad - mean) / std).repeat(1, 1, self.image_size, self.image_size)
+        out[..., :h, :w] = x
+        return out
 
     def _letterbox(self, image: np.ndarray, device: torch.device | str) -> torch.Tensor:
         h, w, top, left = letterbox_shape(image.shape[0], image.shape[1], self.image_size, self.stride)
@@ -168,13 +182,16 @@ class ImageTransform:
             return np.asarray(coords, dtype=np.float64)
         old_h, old_w = original_size
         if self.resize == "stretch":
-            new_h = new_w = self.frame_size
+            sx, sy = self.frame_size / old_w, self.frame_size / old_h
+        elif self.prompt_scale == "uniform":
+            sx = sy = self.frame_size / max(old_h, old_w)
         else:
             new_h, new_w = resized_shape(old_h, old_w, self.frame_size)
+            sx, sy = new_w / old_w, new_h / old_h
         if isinstance(coords, torch.Tensor):
-            scale = torch.tensor([new_w / old_w, new_h / old_h], dtype=torch.float64, device=coords.device)
+            scale = torch.tensor([sx, sy], dtype=torch.float64, device=coords.device)
             return coords.to(torch.float64) * scale
-        return np.asarray(coords, dtype=np.float64) * np.array([new_w / old_w, new_h / old_h])
+        return np.asarray(coords, dtype=np.float64) * np.array([sx, sy])
 
     def apply_boxes(self, boxes: Coords, original_size: tuple[int, int]) -> Coords:
         """(..., 4) XYXY original pixels -> prompt-frame pixels, float64."""
