@@ -25,6 +25,7 @@ from litesam.build import prepare_for_inference
 from litesam.cli import main
 from litesam.errors import InputError, MissingDependency
 from litesam.export import export_onnx, export_openvino
+from litesam.modeling import Sam
 
 OFFICIAL_INPUTS = ["point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 
@@ -209,6 +210,23 @@ def test_exports_are_cached_once_per_model_and_kind(home, model, image, monkeypa
     other = tiny_sam(seed=1, image_size=SIZE)  # other weights: another cache folder, exported anew
     with pytest.raises(AssertionError, match="exported again"):
         Predictor(other, backend="onnxruntime")
+
+
+class FrozenBatchSam(Sam):
+    """A model whose decode turns the number of prompts into a Python number: tracing freezes it."""
+
+    def decode(self, features, prompts, multimask_output=True, min_score=None):
+        low_res, scores = super().decode(features, prompts, multimask_output, min_score)
+        return low_res.reshape(len(prompts.points), -1, *low_res.shape[-2:]), scores
+
+
+def test_a_decoder_that_freezes_a_prompt_count_is_refused(home, image):
+    tiny = tiny_sam(image_size=SIZE)
+    model = FrozenBatchSam(tiny.image_encoder, tiny.prompt_encoder, tiny.mask_decoder, tiny.transform)
+    predictor = Predictor(model, backend="onnxruntime")
+    with pytest.raises(InputError, match="does not take other numbers of prompts"):
+        predictor.decode(predictor.encode(image), *PROMPTS["one point"])
+    assert not list(predictor.backend.folder.glob("decode-*.onnx"))  # not cached
 
 
 def test_int8_encoder_runs_close_to_fp32(home, model, image, reference):

@@ -148,6 +148,16 @@ class PromptKind:
                   "mask_input": torch.float32}  # fmt: skip
         return [values[n].to(dtypes[n]) for n in self.inputs]
 
+    def prompts(self, tensors: Sequence[torch.Tensor]) -> Prompts:
+        """This kind's graph inputs (in :attr:`inputs` order) as Prompts."""
+        given = dict(zip(self.inputs, tensors, strict=True))
+        return Prompts(
+            points=given.get("point_coords"),
+            labels=given.get("point_labels"),
+            boxes=given.get("boxes"),
+            mask=given.get("mask_input"),
+        )
+
     def example(self, batch: int = 2, points: int = 3, mask_side: int = 256) -> list[torch.Tensor]:
         """Trace inputs: ``batch`` prompt sets of ``points`` points (sizes other than 1, so that the
         tracer keeps them symbolic)."""
@@ -175,11 +185,4 @@ class PromptDecoderGraph(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = len(self.feature_names)
         features = dict(zip(self.feature_names, inputs[:k], strict=True))
-        given = dict(zip(self.kind.inputs, inputs[k:], strict=True))
-        prompts = Prompts(
-            points=given.get("point_coords"),
-            labels=given.get("point_labels"),
-            boxes=given.get("boxes"),
-            mask=given.get("mask_input"),
-        )
-        return self.model.decode(features, prompts, self.kind.multimask_output)
+        return self.model.decode(features, self.kind.prompts(inputs[k:]), self.kind.multimask_output)

@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..export.graphs import PromptKind, check_exportable
 from ..export.onnx import META, encoder_meta, export_encoder, export_prompt_decoder, read_meta
 from ..modeling.sam import Features, PromptableModel
@@ -28,6 +29,7 @@ class Engine(Protocol):
 
     name: str
     precision: str
+    errors: tuple[type[Exception], ...]  # what a run that the runtime refuses raises
 
     def load(self, onnx_file: Path, role: str) -> Runner: ...
 
@@ -88,8 +90,42 @@ class ExportedBackend:
     def _decoder(self, kind: PromptKind) -> Runner:
         with self._lock:
             if kind not in self._decoders:
-                self._decoders[kind] = self.engine.load(self.decoder_file(kind), "decoder")
+                fresh = not (self.folder / f"decode-{kind.name}.onnx").exists()
+                path = self.decoder_file(kind)
+                runner = self.engine.load(path, "decoder")
+                if fresh:
+                    self._check_dynamic(kind, runner, path)
+                self._decoders[kind] = runner
             return self._decoders[kind]
+
+    def _check_dynamic(self, kind: PromptKind, runner: Runner, path: Path) -> None:
+        """A new decoder graph against the model at other prompt counts than it was traced with (a
+        shape that the model's code turned into a Python number would be frozen in the graph): the file
+        is removed and an InputError raised if it does not match."""
+        side = 4 * self.features["image_embeddings"][-1]
+        features = {name: torch.randn(*shape) for name, shape in self.features.items()}
+        inputs = kind.example(batch=3, points=1, mask_side=side)
+        device = self.model.device
+        with torch.inference_mode():
+            on_device = {name: t.to(device) for name, t in features.items()}
+            want, _ = self.model.decode(on_device, kind.prompts(inputs).to(device), kind.multimask_output)
+        feeds = {name: t.numpy() for name, t in features.items()}
+        feeds.update((name, t.numpy()) for name, t in zip(kind.inputs, inputs, strict=True))
+        try:
+            got = torch.from_numpy(runner(feeds)[0])
+        except self.engine.errors:  # the runtime refuses the shapes: a size frozen in the graph
+            got = None
+        if got is None or got.shape != want.shape or not self._close(got, want.cpu()):
+            path.unlink(missing_ok=True)
+            raise InputError(
+                f"the exported decoder of {type(self.model).__name__} ({kind.name} prompts) does not take"
+                " other numbers of prompts and points than it was traced with: use backend='torch'"
+            )
+
+    def _close(self, got: torch.Tensor, want: torch.Tensor) -> bool:
+        """Whether ``got`` is ``want`` to float rounding (not checked in bf16, which rounds more)."""
+        scale = float(want.abs().max())
+        return self.precision == "bf16" or torch.allclose(got, want, atol=1e-3 * scale + 1e-4, rtol=0)
 
     def encode(self, x: torch.Tensor) -> Features:
         """1x3xSxS encoder input -> the named features (CPU tensors)."""

@@ -27,6 +27,8 @@ class OnnxRuntimeEngine:
             raise InputError(f"onnxruntime runs precision {' or '.join(PRECISIONS)}, not {precision!r}")
         self.ort = require("onnxruntime", "onnx")
         self.precision = precision
+        failures = self.ort.capi.onnxruntime_pybind11_state
+        self.errors = (failures.Fail, failures.InvalidArgument, failures.RuntimeException)
 
     def load(self, onnx_file: Path, role: str) -> Runner:
         if role == "encoder" and self.precision == "int8":

@@ -36,6 +36,7 @@ class OpenVinoEngine:
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         }
         self.precision = precision
+        self.errors = (RuntimeError,)
 
     def load(self, onnx_file: Path, role: str) -> Runner:
         int8 = role == "encoder" and self.requested == "int8"
