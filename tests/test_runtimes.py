@@ -360,7 +360,7 @@ def test_bench_writes_a_record_with_every_field(registered, tmp_path, capsys, mo
     assert main(argv) == 0
     record = json.loads(out.read_text())
     assert record["random_weights"] is True and record["model"] == "tiny_test_sam"
-    assert set(record["matmul_peak_gflops"]) == {"fp32", "bf16"} and record["flops"]["encoder"] > 0
+    assert record["matmul_peak_gflops"]["fp32"] > 0 and record["flops"]["encoder"] > 0
     (row,) = record["rows"]
     assert row["label"] == "litesam torch fp32" and row["peak_rss_mib"] > 0
     for task in ("encoder", "decode", "everything"):

@@ -51,6 +51,8 @@ def format_table(record: dict[str, Any]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     peaks = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in record["matmul_peak_gflops"].items())
+    if "bf16" not in record["matmul_peak_gflops"]:
+        peaks += " (no native bf16 on this CPU: bf16 peak not measured)"
     weights = record["checkpoint"] or "random weights (no checkpoint)"
     notes = [
         f"{record['model']} on {record['machine']['cpu']}, {record['threads']} threads, {weights};"

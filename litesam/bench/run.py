@@ -17,7 +17,7 @@ from ..prompts import Prompts
 from ..registry import get_spec
 from ..utils.stats import reference_formulation
 from .subjects import Models, Skip, Subject, bench_image, litesam_subject, official_subject
-from .timing import matmul_peak_gflops, peak_rss_mib, reset_peak_rss, time_it
+from .timing import matmul_peak_gflops, native_bf16, peak_rss_mib, reset_peak_rss, time_it
 
 TASKS = ("encoder", "decode", "everything")
 PEERS = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16"))
@@ -64,7 +64,8 @@ def benchmark(
     """Time ``name`` on each backend x precision (and with ``peers`` the official PyTorch code, ONNX
     Runtime fp32 (+ int8 when asked) and OpenVINO fp32 and bf16) on the same weights and image.
 
-    Returns the run's record: machine, weights, matmul peaks (GFLOP/s), counted FLOPs, and per
+    Returns the run's record: machine, weights, matmul peaks (GFLOP/s; bf16 only where the CPU has
+    native bf16), counted FLOPs, and per
     setting its timings (seconds: median, min/max, quartiles), GFLOP/s, share of the matmul peak of its
     precision class, peak RSS (MiB) and setup time (incl. any export); settings that cannot run here are
     listed with the reason.
@@ -79,7 +80,7 @@ def benchmark(
     log(f"litesam bench {spec.name}: {torch.get_num_threads()} threads, weights "
         + (checkpoint or "random (no --checkpoint: timings are representative, masks are not)"))  # fmt: skip
     peaks = {"fp32": matmul_peak_gflops(torch.float32, peak_size)}
-    if "bf16" in precisions or peers:
+    if ("bf16" in precisions or peers) and native_bf16():  # emulated bf16 would take minutes here
         peaks["bf16"] = matmul_peak_gflops(torch.bfloat16, peak_size)
     flops = count_flops(models.get("fp32"), points_per_side)
     factories: list[tuple[str, Callable[[], Subject]]] = []
@@ -133,7 +134,7 @@ def _measure(subject: Subject, setup: float, repeat: int, warmup: int, everythin
         tasks["everything"] = subject.everything
     row: dict[str, Any] = {"label": subject.label, "group": subject.group, "backend": subject.backend,
                            "precision": subject.precision, "ran": subject.ran, "setup_s": setup}  # fmt: skip
-    peak = peaks["bf16" if subject.ran == "bf16" else "fp32"]
+    peak = peaks.get(subject.ran, peaks["fp32"])
     for task, fn in tasks.items():
         timing = time_it(fn, warmup, repeat)
         gflops = flops[task] / timing.median / 1e9

@@ -79,3 +79,10 @@ def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 4096, rep
     b = torch.randn(size, size).to(dtype)
     timing = time_it(lambda: torch.mm(a, b), warmup=1, repeat=repeat)
     return 2 * size**3 / min(timing.runs) / 1e9
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slower
+    than fp32."""
+    cpu = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())

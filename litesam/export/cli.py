@@ -64,4 +64,9 @@ def run(args: argparse.Namespace) -> int:
         files = export_openvino(model, out, precision, return_single_mask=args.return_single_mask)
     for role, path in files.items():
         print(f"{role}: {path}")
+    if "decoder" not in files:
+        print(
+            f"no decoder: {spec.name}'s prompt encoder is not SAM's, so it has no official SAM ONNX decoder"
+            " interface (Predictor(model, backend=...) still runs it)"
+        )
     return 0

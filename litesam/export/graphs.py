@@ -64,12 +64,7 @@ class OfficialDecoderGraph(nn.Module):
         self, model: PromptableModel, feature_names: Sequence[str], return_single_mask: bool
     ) -> None:
         super().__init__()
-        if not callable(getattr(model, "decode_onnx", None)):
-            raise InputError(
-                f"{type(model).__name__} has no decoder with the official SAM ONNX interface"
-                " (its prompt encoder is not SAM's); the backends can still run it"
-            )
-        self.model = model
+        self.model = model  # with decode_onnx (SAM's prompt encoder)
         self.feature_names = list(feature_names)
         self.return_single_mask = return_single_mask
 
