@@ -35,6 +35,7 @@ class MaskDecoder(nn.Module):
     fast_upscaling: bool = False  # inference path of upscale_masks (see _fast_upscale_masks)
     upscale_chunk: int = 16  # prompts per fast upscaling step (bounds a 4H x 4W x C/8 float buffer each)
     prompt_chunk: int = 64  # prompts through the transformer at once (bounds B x H x W x C buffers)
+    onnx_tokens = slice(None)  # mask tokens of the official ONNX decoder interface (Sam.decode_onnx): all
 
     def __init__(
         self,

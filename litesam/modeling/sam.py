@@ -126,12 +126,14 @@ class Sam(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The official SAM ONNX decoder's core (``litesam.export``): point_coords 1xNx2 prompt-frame
         pixels with float point_labels 1xN (-1 padding, 0/1 background/foreground, 2/3 box corners; the
-        caller pads), mask_input 1x1x256x256 used where has_mask_input (1) is 1 -> (low-res logits of
-        every mask token 1xTx256x256, their scores 1xT)."""
+        caller pads), mask_input 1x1x256x256 used where has_mask_input (1) is 1 -> (low-res logits 1xTx256x256
+        of the decoder's ``onnx_tokens``: every mask token for SAM; SAM-HQ's one mask, its export's
+        default), their scores 1xT)."""
         sparse, dense = self.prompt_encoder.embed_onnx(point_coords, point_labels, mask_input, has_mask_input)
         pe = self.prompt_encoder.get_dense_pe()
+        keep = self.mask_decoder.onnx_tokens
         return self.mask_decoder.predict_masks(
-            features["image_embeddings"], pe, sparse, dense, slice(None), features=features
+            features["image_embeddings"], pe, sparse, dense, keep, features=features
         )
 
     def mask_tokens(self, multimask_output: bool) -> slice:

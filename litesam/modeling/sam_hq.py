@@ -69,6 +69,8 @@ class HQMaskDecoder(MaskDecoder):
     ``compress_vit_feat``, ``embedding_encoder``, ``embedding_maskfeature``).
     """
 
+    onnx_tokens = slice(0, 1)  # SAM-HQ's ONNX export default (multimask_output=False): token 0 + HQ mask
+
     def __init__(self, *, vit_dim: int, hq_token_only: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         dim = self.transformer_dim
