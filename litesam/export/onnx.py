@@ -24,7 +24,7 @@ from torch import nn
 from ..build import reference_paths
 from ..errors import InputError
 from ..modeling.sam import PromptableModel
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_path, atomic_write_json
 from .deps import require
 from .graphs import (
     OFFICIAL_INPUTS,
@@ -97,12 +97,12 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: Sequence[str], outputs: Sequence[str],
             dynamic_axes: dict[str, dict[int, str]] | None = None) -> None:  # fmt: skip
-    with warnings.catch_warnings(), torch.no_grad(), reference_paths(module):
+    with warnings.catch_warnings(), torch.no_grad(), reference_paths(module), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # tracer and deprecation warnings
         torch.onnx.export(
             module.eval(),
             args,
-            str(path),
+            str(tmp),
             input_names=list(inputs),
             output_names=list(outputs),
             dynamic_axes=dynamic_axes,
@@ -113,7 +113,7 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: Sequence[str], o
 
 
 def export_encoder(model: PromptableModel, path: Path) -> tuple[list[str], list[list[int]]]:
-    """Write the encoder graph to ``path``; returns its feature names and shapes."""
+    """Write the encoder graph to ``path`` (atomically); returns its feature names and shapes."""
     graph = EncoderGraph(model)
     size = model.transform.image_size
     x = torch.zeros(1, 3, size, size, device=model.device)
@@ -173,10 +173,10 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
 
     prepared = dst.with_name(f".{dst.stem}.{os.getpid()}.pre.onnx")
     try:
-        with _quiet_quantization():
+        with _quiet_quantization(), atomic_path(dst) as tmp:
             quant_pre_process(src, prepared, skip_symbolic_shape=True)
             quantize_dynamic(
-                prepared, dst, per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
+                prepared, tmp, per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
             )
     finally:
         prepared.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from types import ModuleType
 
 from ..errors import InputError
 from ..modeling.sam import PromptableModel
-from ..utils.io import atomic_write_json, durable_replace
+from ..utils.io import atomic_path, atomic_write_json
 from .deps import require
 from .onnx import META, export_onnx, read_meta
 
@@ -26,10 +26,8 @@ def onnx_to_ir(src: Path, dst: Path, int8: bool = False) -> Path:
     model = ov.Core().read_model(str(src))  # the ONNX frontend: what convert_model runs, without its setup
     if int8:
         model = require_nncf().compress_weights(model)
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.xml")
-    ov.save_model(model, str(tmp), compress_to_fp16=False)
-    durable_replace(tmp.with_suffix(".bin"), dst.with_suffix(".bin"))
-    durable_replace(tmp, dst)
+    with atomic_path(dst) as xml, atomic_path(dst.with_suffix(".bin")):
+        ov.save_model(model, str(xml), compress_to_fp16=False)  # and its .bin next to it
     return dst
 
 

@@ -45,14 +45,13 @@ def tap_points(prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
     if prompts.boxes is not None:
         boxes = prompts.boxes
         coords.append(boxes.reshape(-1, 2, 2))
-        labels.append(torch.tensor([CORNER_LABELS], device=boxes.device).expand(len(boxes), -1))
+        labels.append(torch.tensor([CORNER_LABELS], device=boxes.device).expand(boxes.shape[0], -1))
     if prompts.points is not None:
         coords.append(prompts.points)
         labels.append(prompts.labels.to(torch.int64))
-    if prompts.boxes is None:
-        b, device = len(prompts), prompts.points.device
-        coords.append(torch.zeros(b, 1, 2, dtype=prompts.points.dtype, device=device))
-        labels.append(torch.full((b, 1), PAD_LABEL, dtype=torch.int64, device=device))
+    if prompts.boxes is None:  # sized from the prompts' tensors (not Python numbers): traces to any batch
+        coords.append(torch.zeros_like(prompts.points[:, :1]))
+        labels.append(torch.full_like(prompts.labels[:, :1], PAD_LABEL, dtype=torch.int64))
     return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
 
 

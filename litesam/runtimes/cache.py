@@ -9,7 +9,6 @@ atomically, the others wait for it.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -74,8 +73,3 @@ def cached_file(path: Path, make: Callable[[], object], timeout_s: float = 3600.
         else:
             time.sleep(_WAIT_S)
     return path
-
-
-def temporary_name(path: Path) -> Path:
-    """A sibling of ``path`` for writing it before an atomic rename (same suffix)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")

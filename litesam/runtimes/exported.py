@@ -16,8 +16,8 @@ from ..export.graphs import PromptKind, check_exportable
 from ..export.onnx import META, encoder_meta, export_encoder, export_prompt_decoder, read_meta
 from ..modeling.sam import Features, PromptableModel
 from ..prompts import Prompts
-from ..utils.io import atomic_write_json, durable_replace
-from .cache import cached_file, model_folder, temporary_name
+from ..utils.io import atomic_write_json
+from .cache import cached_file, model_folder
 
 Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]  # named inputs -> outputs in graph order
 
@@ -64,28 +64,13 @@ class ExportedBackend:
         return self.engine.precision
 
     def _export_encoder(self) -> None:
-        path = self.folder / "encoder.onnx"
-        tmp = temporary_name(path)
-        try:
-            names, shapes = export_encoder(self.model, tmp)
-            durable_replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        names, shapes = export_encoder(self.model, self.folder / "encoder.onnx")
         atomic_write_json(self.folder / META, encoder_meta(self.model, names, shapes), indent=2)
 
     def decoder_file(self, kind: PromptKind) -> Path:
         """The ONNX prompt decoder for ``kind``, exported on first use."""
         path = self.folder / f"decode-{kind.name}.onnx"
-
-        def export() -> None:
-            tmp = temporary_name(path)
-            try:
-                export_prompt_decoder(self.model, tmp, self.features, kind)
-                durable_replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-
-        return cached_file(path, export)
+        return cached_file(path, lambda: export_prompt_decoder(self.model, path, self.features, kind))
 
     def _decoder(self, kind: PromptKind) -> Runner:
         with self._lock:

@@ -11,7 +11,7 @@ import torch
 from ..errors import InputError
 from ..export.deps import require
 from ..export.onnx import quantize_dynamic_int8
-from .cache import cached_file, temporary_name
+from .cache import cached_file
 from .exported import Runner
 
 PRECISIONS = ("fp32", "int8")
@@ -36,6 +36,7 @@ class OnnxRuntimeEngine:
         options = self.ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        options.log_severity_level = 4  # failures reach the caller as exceptions, not as log lines too
         session = self.ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
         def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -46,13 +47,4 @@ class OnnxRuntimeEngine:
     @staticmethod
     def _int8(onnx_file: Path) -> Path:
         path = onnx_file.with_suffix(".int8.onnx")
-
-        def quantize() -> None:
-            tmp = temporary_name(path)
-            try:
-                quantize_dynamic_int8(onnx_file, tmp)
-                tmp.replace(path)
-            finally:
-                tmp.unlink(missing_ok=True)
-
-        return cached_file(path, quantize)
+        return cached_file(path, lambda: quantize_dynamic_int8(onnx_file, path))

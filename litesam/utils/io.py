@@ -15,7 +15,7 @@ import secrets
 import socket
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -76,6 +76,27 @@ def atomic_write_png(path: str | os.PathLike, picture: Image.Image) -> Path:
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)``, atomically (a killed save leaves the previous file intact)."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` (same suffix) for a writer that takes a file name (an exporter):
+    fsync'd and renamed over ``path`` when the block ends normally, removed otherwise. Nested blocks for
+    files of one stem (``x.xml`` + ``x.bin``) get temporaries of one stem too and are renamed inner first."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        durable_replace(tmp, path)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise OutputError(f"cannot write {path}: {e.strerror}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
