@@ -6,18 +6,23 @@ from __future__ import annotations
 import argparse
 
 
-def add_model_args(p: argparse.ArgumentParser, model_required: bool = False) -> None:
-    """``--model``, ``--checkpoint`` (default ``auto``) and ``--device`` (default cpu)."""
+def add_model_args(
+    p: argparse.ArgumentParser, model_required: bool = False, checkpoint_default: str | None = "auto"
+) -> None:
+    """``--model``, ``--checkpoint`` (default ``auto``; None: random weights) and ``--device`` (default
+    cpu)."""
     p.add_argument(
         "--model",
         required=model_required,
         help="model name (see `litesam models`)"
         + ("" if model_required else "; default: the model of a --checkpoint file, else sam_vit_b"),
     )
+    official = "'auto' uses the cached official file, downloading it if needed"
     p.add_argument(
         "--checkpoint",
-        default="auto",
-        help="checkpoint file; 'auto' (default) uses the cached official file, downloading it if needed",
+        default=checkpoint_default,
+        help=f"checkpoint file; {official}"
+        + (" (default)" if checkpoint_default == "auto" else "; default: random weights"),
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
 
