@@ -17,6 +17,7 @@ from .modeling.fuse import fuse_modules
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import PromptableModel
 from .modeling.transformer import Attention
+from .utils.allocator import reuse_freed_memory
 from .registry import get_spec
 
 
@@ -77,7 +78,9 @@ def build_model(
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """In place: fold BatchNorms / re-parameterisable branches, use channels-last convolutions and the
     mask decoders' fast upscaling (``MaskDecoder.fast_upscaling``) and reassociated prompt-image
-    attention (``Attention.reassociate``)."""
+    attention (``Attention.reassociate``). Also keeps freed memory for reuse, process-wide
+    (:func:`litesam.utils.allocator.reuse_freed_memory`; ``LITESAM_KEEP_FREED_MEMORY=0`` opts out)."""
+    reuse_freed_memory()
     fuse_modules(model.eval()).to(memory_format=torch.channels_last)
     model.channels_last = True
     for module in model.modules():
