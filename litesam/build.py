@@ -19,6 +19,7 @@ from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import PromptableModel
 from .modeling.transformer import Attention
 from .registry import get_spec
+from .utils.allocator import reuse_freed_memory
 
 
 def build_model(
@@ -79,7 +80,9 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     """In place: fold BatchNorms / re-parameterisable branches, use channels-last convolutions and the
     mask decoders' fast upscaling (``MaskDecoder.fast_upscaling``) and reassociated prompt-image
     attention (``Attention.reassociate``); :func:`reference_paths` switches the last two off for a
-    while."""
+    while. Also keeps freed memory for reuse, process-wide
+    (:func:`litesam.utils.allocator.reuse_freed_memory`; ``LITESAM_KEEP_FREED_MEMORY=0`` opts out)."""
+    reuse_freed_memory()
     fuse_modules(model.eval()).to(memory_format=torch.channels_last)
     model.channels_last = True
     for module in model.modules():

@@ -125,13 +125,19 @@ def test_reassociated_attention_equals_the_projected_one(queries, keys):
     torch.testing.assert_close(folded, reference, rtol=1e-12, atol=1e-12)
 
 
-def test_decoding_in_prompt_chunks_equals_one_batch():
-    model = decoder().double()
-    inputs = prompts(5, dtype=torch.float64)
+@pytest.mark.parametrize("chunk", [1, 2])
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "prepared"])
+def test_decoding_in_prompt_chunks_equals_one_batch(chunk, fast):
+    """SAM's 256-wide decoder in float64; chunks of 1 and 2 over 5 prompts (the image side is computed
+    by the first chunk and reused by the others)."""
+    model = tiny_sam().double()
+    if fast:
+        prepare_for_inference(model)
+    inputs = prompts(5, dtype=torch.float64, dim=256)
     with torch.no_grad():
-        whole = model.predict_masks(*inputs, MULTIMASK)
-        model.prompt_chunk = 2
-        chunked = model.predict_masks(*inputs, MULTIMASK)
+        whole = model.mask_decoder.predict_masks(*inputs, MULTIMASK)
+        model.mask_decoder.prompt_chunk = chunk
+        chunked = model.mask_decoder.predict_masks(*inputs, MULTIMASK)
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)  # BLAS blocking may differ
 
 

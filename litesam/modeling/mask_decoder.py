@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
+from .transformer import Memo, memoized
 
 
 class MaskDecoder(nn.Module):
@@ -33,9 +34,18 @@ class MaskDecoder(nn.Module):
     """
 
     fast_upscaling: bool = False  # inference path of upscale_masks (see _fast_upscale_masks)
-    upscale_chunk: int = 16  # prompts per fast upscaling step (bounds a 4H x 4W x C/8 float buffer each)
-    prompt_chunk: int = 64  # prompts through the transformer at once (bounds B x H x W x C buffers)
+    # Per-prompt buffers are image-sized (H x W x C in the transformer, 4H x 4W x C/8 when upscaling):
+    # prompts go through in chunks whose buffers stay under ``chunk_bytes``, which keeps them in the
+    # allocator's reusable heap (glibc maps larger blocks afresh, paying a page fault per 4 KiB on every
+    # use) and in cache. ``prompt_chunk`` / ``upscale_chunk`` set the chunk sizes directly when not None.
+    chunk_bytes: int = 16 * 2**20
+    prompt_chunk: int | None = None
+    upscale_chunk: int | None = None
     onnx_tokens = slice(None)  # mask tokens of the official ONNX decoder interface (Sam.decode_onnx): all
+
+    def _chunk(self, fixed: int | None, per_prompt: int, element_size: int) -> int:
+        """Prompts per chunk: ``fixed``, else as many as keep ``per_prompt`` elements under chunk_bytes."""
+        return fixed or max(1, self.chunk_bytes // (per_prompt * element_size))
 
     def __init__(
         self,
@@ -82,25 +92,35 @@ class MaskDecoder(nn.Module):
 
         image_embeddings: 1xCxHxW (shared by all prompts) or BxCxHxW; image_pe: 1xCxHxW; sparse: BxNxC;
         dense: 1xCxHxW or BxCxHxW. ``features``: the image encoder's named outputs, passed to :meth:`heads`.
-        Prompts run ``prompt_chunk`` at a time (each prompt is independent), which bounds the per-prompt
-        image-sized intermediates. ``min_score``: prompts whose every kept IoU prediction is <= this get
-        no masks computed (their logits are -inf), e.g. when only masks scoring above it will be used.
+        Prompts run in chunks (each prompt is independent; see ``chunk_bytes``), which bounds the
+        per-prompt image-sized intermediates; the image side is computed once for all chunks.
+        ``min_score``: prompts whose every kept IoU prediction is <= this get no masks computed (their
+        logits are -inf), e.g. when only masks scoring above it will be used.
         """
         b = sparse_prompt_embeddings.shape[0]
-        if b <= self.prompt_chunk:
+        shared = image_embeddings.shape[0] == 1 and dense_prompt_embeddings.shape[0] == 1
+        memo = {} if shared else None  # the image side, computed by the first chunk for all
+        step = self._chunk(self.prompt_chunk, image_embeddings[0].numel(), image_embeddings.element_size())
+        if b <= step:
             return self._predict_chunk(
-                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, keep, features,
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings,
+                dense_prompt_embeddings,
+                keep,
+                features,
                 min_score,
+                memo,
             )
         parts = []
-        for start in range(0, b, self.prompt_chunk):
-            part = slice(start, start + self.prompt_chunk)
+        for start in range(0, b, step):
+            part = slice(start, start + step)
             image, dense = (
                 x if x.shape[0] == 1 else x[part] for x in (image_embeddings, dense_prompt_embeddings)
             )
             parts.append(
                 self._predict_chunk(
-                    image, image_pe, sparse_prompt_embeddings[part], dense, keep, features, min_score
+                    image, image_pe, sparse_prompt_embeddings[part], dense, keep, features, min_score, memo
                 )
             )
         return torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
@@ -114,10 +134,11 @@ class MaskDecoder(nn.Module):
         keep: slice,
         features: Mapping[str, Any] | None,
         min_score: float | None,
+        memo: Memo | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`predict_masks` for one chunk of prompts."""
         tokens, image = self.attend(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, memo
         )
         if min_score is None:
             return self.heads(tokens, image, features, keep)
@@ -137,16 +158,18 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        memo: Memo | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-way transformer over the output tokens and the prompts with the image (shapes as in
         :meth:`predict_masks`) -> (its outputs at the :meth:`output_tokens` positions BxTxC, image tokens
-        BxHxWxC)."""
+        BxHxWxC). ``memo``: a dict kept across calls with the same image and dense prompt (batch 1): the
+        image side is then computed once (see :class:`~litesam.modeling.transformer.TwoWayTransformer`)."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = self.output_tokens()
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
-        src = image_embeddings + dense_prompt_embeddings  # batch 1 when shared by all prompts
+        src = memoized(memo, self, "src", lambda: image_embeddings + dense_prompt_embeddings)
         h, w = src.shape[-2:]
-        hs, src = self.transformer(src, image_pe, tokens)
+        hs, src = self.transformer(src, image_pe, tokens, memo)
         return hs[:, : len(output_tokens)], src.expand(b, -1, -1).unflatten(1, (h, w))
 
     def output_tokens(self) -> torch.Tensor:
@@ -203,8 +226,9 @@ class MaskDecoder(nn.Module):
         b, h, w, c = image.shape
         k = hyper_in.shape[1]
         out = []
-        for start in range(0, b, self.upscale_chunk):
-            part = slice(start, start + self.upscale_chunk)
+        step = self._chunk(self.upscale_chunk, 16 * h * w * c2, image.element_size())
+        for start in range(0, b, step):
+            part = slice(start, start + step)
             x = torch.addmm(b1, image[part].reshape(-1, c), w1).view(-1, h * w * 4, c1)
             x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
             x = act2(torch.addmm(b2, x.view(-1, c1), w2)).view(-1, h * w * 16, c2)

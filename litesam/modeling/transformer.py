@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import MLPBlock
+
+Memo = dict[tuple[int, str], Any]  # image-side tensors shared by every chunk of one image's prompts
+
+
+def memoized(memo: Memo | None, owner: object, name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept in ``memo`` under (owner, name) and reused from it: tensors that depend on the
+    shared image alone are computed once per image, not once per chunk of prompts. No memo: computed."""
+    if memo is None:
+        return compute()
+    key = (id(owner), name)
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
 
 
 class Attention(nn.Module):
@@ -35,22 +51,35 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2).expand(batch, -1, -1, -1)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: BxNqxC, k and v: BxNkxC -> BxNqxC. A batch of 1 on either side is shared by the other's B
-        (projected once, broadcast), which is how one image serves many prompts."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        memo: Memo | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q: BxNqxC, k and v: BxNkxC -> BxNqxC, plus ``residual`` (broadcastable to it) when given. A batch
+        of 1 on either side is shared by the other's B (projected once, broadcast), which is how one image
+        serves many prompts. ``memo``: where the reassociated paths keep the shared side's projections for
+        the next chunk of the same image (give it only while that side is the image alone)."""
         if self.reassociate and self.num_heads * min(q.shape[1], k.shape[1]) < self.internal_dim:
             if q.shape[1] < k.shape[1] and k.shape[0] in (1, q.shape[0]):
-                return self._few_queries(q, k, v)
+                out = self._few_queries(q, k, v, memo)
+                return out if residual is None else residual + out
             if q.shape[1] > k.shape[1] and q.shape[0] in (1, k.shape[0]):
-                return self._many_queries(q, k, v)
+                return self._many_queries(q, k, v, memo, residual)
         batch = max(q.shape[0], k.shape[0])
         q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
         out = F.scaled_dot_product_attention(
             self._heads(q, batch), self._heads(k, batch), self._heads(v, batch)
         )
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        out = self.out_proj(out.transpose(1, 2).flatten(2))
+        return out if residual is None else residual + out
 
-    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _few_queries(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, memo: Memo | None
+    ) -> torch.Tensor:
         """Tokens -> image: q BxTxC (T small), k and v (1 or B)xNxC -> BxTxC.
 
         A shared image side (batch 1) is projected once and every head meets all prompts in one GEMM.
@@ -63,8 +92,9 @@ class Attention(nn.Module):
         heads, scale = self.num_heads, (self.internal_dim // self.num_heads) ** -0.5
         qh = self.q_proj(q).view(b, t, heads, -1).permute(2, 0, 1, 3)  # heads x B x T x d
         if k.shape[0] == 1 and v.shape[0] == 1:
-            kh = self.k_proj(k[0]).view(-1, heads, qh.shape[-1]).permute(1, 2, 0)  # heads x d x N
-            vh = self.v_proj(v[0]).view(-1, heads, qh.shape[-1]).transpose(0, 1)  # heads x N x d
+            d = qh.shape[-1]
+            kh = memoized(memo, self, "k", lambda: self.k_proj(k[0]).view(-1, heads, d).permute(1, 2, 0))
+            vh = memoized(memo, self, "v", lambda: self.v_proj(v[0]).view(-1, heads, d).transpose(0, 1))
             attn = (qh.reshape(heads, b * t, -1) @ kh).mul_(scale).softmax(-1)
             out = (attn @ vh).view(heads, b, t, -1).permute(1, 2, 0, 3).flatten(2)  # B x T x Ci
             return self.out_proj(out)
@@ -76,14 +106,23 @@ class Attention(nn.Module):
         out = (mixed @ wv.transpose(1, 2)).transpose(1, 2).flatten(2) + self.v_proj.bias  # B x T x Ci
         return self.out_proj(out)
 
-    def _many_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _many_queries(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        memo: Memo | None,
+        residual: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Image -> tokens: q (1 or B)xNxC, k and v BxTxC (T small) -> BxNxC.
 
         The value and output projections fold into one heads*T x C matrix per prompt
         (``sum_h attn_h (v_h Wo_h')``); per-prompt queries fold ``Wq_h`` into the keys the same way
         (``(Wq_h' k_h')' q' + bq_h k_h'``), a shared query side is projected once and meets all
         prompts' keys in one GEMM per head. Scores are kept heads*T x N (image tokens innermost), so the
-        softmax over the T tokens is an elementwise reduction across T rows.
+        softmax over the T tokens is an elementwise reduction across T rows. Each head's attention rows
+        sum to 1, so the output bias joins the values (``bo / heads`` per head), and the product
+        accumulates straight into the residual.
         """
         b, t, _ = k.shape
         heads, ci = self.num_heads, self.internal_dim
@@ -92,8 +131,9 @@ class Attention(nn.Module):
         vh = self.v_proj(v).view(b, t, heads, d).transpose(1, 2)  # B x heads x T x d
         wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # heads x C x d
         values = (vh @ wo.transpose(1, 2).unsqueeze(0)).flatten(1, 2)  # B x heads*T x C
+        values += self.out_proj.bias / heads
         if q.shape[0] == 1:
-            qh = self.q_proj(q[0]).view(n, heads, d).permute(1, 2, 0)  # heads x d x N
+            qh = memoized(memo, self, "q", lambda: self.q_proj(q[0]).view(n, heads, d).permute(1, 2, 0))
             keys = kh.permute(2, 0, 1, 3).reshape(heads, b * t, d)
             scores = (keys @ qh).view(heads, b, t, n).transpose(0, 1)  # B x heads x T x N (strided)
         else:
@@ -103,7 +143,8 @@ class Attention(nn.Module):
             scores = torch.baddbmm(bias, folded, q.transpose(1, 2)).view(b, heads, t, n)
         attn = torch.sub(scores, scores.amax(2, keepdim=True), out=scores.new_empty(b, heads, t, n)).exp_()
         attn /= attn.sum(2, keepdim=True)
-        return torch.baddbmm(self.out_proj.bias, attn.view(b, heads * t, n).transpose(1, 2), values)
+        attn = attn.view(b, heads * t, n).transpose(1, 2)  # B x N x heads*T
+        return torch.bmm(attn, values) if residual is None else torch.baddbmm(residual, attn, values)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -130,8 +171,14 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        memo: Memo | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries BxTxC, keys (1 or B)xNxC -> updated (queries, keys); ``memo`` as in :class:`Attention`."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -139,10 +186,13 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        keys_pe = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys_pe, keys))
+        shared = memo if keys.shape[0] == 1 else None  # the image alone, not yet written by the prompts
+        keys_pe = memoized(shared, self, "keys_pe", lambda: keys + key_pe)
+        attn = self.cross_attn_token_to_image(queries + query_pe, keys_pe, keys, shared)
+        queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(keys_pe, queries + query_pe, queries))
+        keys = self.cross_attn_image_to_token(keys_pe, queries + query_pe, queries, shared, residual=keys)
+        keys = self.norm4(keys)
         return queries, keys
 
 
@@ -169,17 +219,23 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        memo: Memo | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding, image_pe: (B or 1)xCxHxW; point_embedding: BxNxC -> (tokens BxNxC, image BxHWxC).
 
         An image batch of 1 is shared by all B prompt sets: its projections are computed once, and it
-        becomes per-prompt only where the prompts first write into it (image->token attention).
+        becomes per-prompt only where the prompts first write into it (image->token attention). A
+        ``memo`` (a dict, empty for a new image) keeps them for further calls with the same image.
         """
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        shared = memo if image_embedding.shape[0] == 1 else None
+        keys = memoized(shared, self, "keys", lambda: image_embedding.flatten(2).transpose(1, 2).contiguous())
+        key_pe = memoized(memo, self, "key_pe", lambda: image_pe.flatten(2).transpose(1, 2).contiguous())
         queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        for i, layer in enumerate(self.layers):  # keys are per prompt after the first layer
+            queries, keys = layer(queries, keys, point_embedding, key_pe, shared if i == 0 else None)
         attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
