@@ -250,8 +250,8 @@ def test_mask_generator_on_a_backend(home, model, image):
 
 def test_a_fixture_model_matches_on_onnxruntime(home):
     """EfficientViT-SAM-L0 (512 px encoder, 1024 px prompt frame) with the fixtures' weights on
-    onnxruntime meets the official outputs' tolerances (one
-    and two points: one decoder graph, any number of points)."""
+    onnxruntime meets the official outputs' tolerances (one and two points: one decoder graph, any
+    number of points)."""
     from fixture_cases import assert_case_matches, predictor_for, require_fixture
 
     fixture = require_fixture("efficientvit_sam_l0")
