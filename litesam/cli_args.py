@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .precision import PRECISIONS
+
 
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = False) -> None:
     """``--model``, ``--checkpoint`` (default ``auto``) and ``--device`` (default cpu)."""
@@ -19,3 +21,9 @@ def add_model_args(p: argparse.ArgumentParser, model_required: bool = False) -> 
         help="checkpoint file; 'auto' (default) uses the cached official file, downloading it if needed",
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32 (exact, default), bf16 (bfloat16 autocast: fast with AMX/AVX512-BF16 or CUDA) or auto",
+    )
