@@ -18,6 +18,8 @@ from .modeling.fuse import fuse_modules
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import PromptableModel
 from .modeling.transformer import Attention
+from .precision import resolve as resolve_precision
+from .precision import set_precision
 from .registry import get_spec
 from .utils.allocator import reuse_freed_memory
 
@@ -27,6 +29,7 @@ def build_model(
     checkpoint: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
     device: str | torch.device = "cpu",
     fuse: bool | None = None,
+    precision: str = "fp32",
     **options: Any,
 ) -> PromptableModel:
     """Build a registered model in eval mode.
@@ -40,6 +43,9 @@ def build_model(
     and the mask decoder to its fast upscaling (same outputs to float rounding, 10-20% faster on CPU;
     the state_dict then no longer has the official keys). Default: fuse exactly
     when a checkpoint was loaded — pass ``fuse=False`` to train or fine-tune.
+    ``precision``: ``"fp32"`` (exact, the default), ``"bf16"`` (bfloat16 autocast in encode and decode,
+    outputs float32; see :mod:`litesam.precision`) or ``"auto"`` (bf16 where the device has hardware
+    for it, else fp32).
     ``options``: the model's options (``get_spec(name).options``), e.g. ``multimask_outputs=4`` for EdgeSAM.
     ``name`` None: the model is identified from the checkpoint file's keys and shapes
     (:func:`litesam.identify.identify`, which logs what it found).
@@ -71,9 +77,10 @@ def build_model(
         model = spec.instantiate(state, **options)
         load_into(model, state, spec.name, str(path))
     model.eval()
+    resolve_precision(precision, torch.device(device))  # a bad value fails before any work
     if fuse if fuse is not None else checkpoint is not None:
         prepare_for_inference(model)
-    return model.to(device)
+    return set_precision(model.to(device), precision)
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:

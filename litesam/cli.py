@@ -313,7 +313,9 @@ def _segment(args: argparse.Namespace) -> int:
         raise InputError("several --box prompts cannot be combined with --point (each box is its own object)")
     image = load_image(args.image)
     out = writable_folder(args.output)  # before the slow part: a bad -o fails in a second
-    model = build_model(_model_name(args), checkpoint=args.checkpoint, device=args.device)
+    model = build_model(
+        _model_name(args), checkpoint=args.checkpoint, device=args.device, precision=args.precision
+    )
     predictor = Predictor(model, backend=args.backend)
     predictor.set_image(image)
 
@@ -377,7 +379,9 @@ def _everything(args: argparse.Namespace) -> int:
     knobs = {o.lstrip("-").replace("-", "_") for o, _, _ in _GENERATOR_KNOBS}
     settings = {k: v for k, v in vars(args).items() if k in knobs}
     writable_folder(args.output)  # before the slow part: a bad -o fails in a second
-    model = build_model(_model_name(args), checkpoint=args.checkpoint, device=device)
+    model = build_model(
+        _model_name(args), checkpoint=args.checkpoint, device=device, precision=args.precision
+    )
     generator = MaskGenerator(model, output_mode=args.output_mode, backend=args.backend, **settings)
     info = {
         "model": args.model,
@@ -411,7 +415,9 @@ def _edges(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise OutputError(f"{out} is a folder: -o takes the file name of the edge PNG")
     writable_folder(out.parent)  # before the slow part: a bad -o fails in a second
-    model = build_model(_model_name(args), checkpoint=args.checkpoint, device=args.device)
+    model = build_model(
+        _model_name(args), checkpoint=args.checkpoint, device=args.device, precision=args.precision
+    )
     detector = EdgeDetector(
         model,
         points_per_side=args.points_per_side,

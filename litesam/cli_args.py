@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import argparse
 
+from .precision import PRECISIONS
+
 
 def add_model_args(
-    p: argparse.ArgumentParser, model_required: bool = False, checkpoint_default: str | None = "auto"
+    p: argparse.ArgumentParser,
+    model_required: bool = False,
+    checkpoint_default: str | None = "auto",
+    precision: bool = True,
 ) -> None:
-    """``--model``, ``--checkpoint`` (default ``auto``; None: random weights) and ``--device`` (default
-    cpu)."""
+    """``--model``, ``--checkpoint`` (default ``auto``; None: random weights), ``--device`` (default
+    cpu) and, with ``precision``, ``--precision`` (default fp32)."""
     p.add_argument(
         "--model",
         required=model_required,
@@ -25,6 +30,14 @@ def add_model_args(
         + (" (default)" if checkpoint_default == "auto" else "; default: random weights"),
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps; default cpu)")
+    if precision:
+        p.add_argument(
+            "--precision",
+            default="fp32",
+            choices=PRECISIONS,
+            help="fp32 (exact, default), bf16 (bfloat16 autocast: fast with AMX/AVX512-BF16 or CUDA) or"
+            " auto",
+        )
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:

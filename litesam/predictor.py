@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 
 from .errors import InputError
 from .modeling.sam import PromptableModel
+from .precision import autocast, to_float32
 from .prompts import Prompts
 from .runtimes import Backend, open_backend
 from .utils.image import ImageInput, load_image
@@ -113,7 +114,8 @@ class Predictor:
             rgb = np.ascontiguousarray(rgb[..., ::-1])
         transform = self.model.transform
         original_size = (rgb.shape[0], rgb.shape[1])
-        features = dict(self.backend.encode(transform.to_input(rgb, self.device)))
+        with autocast(self.model):
+            features = dict(to_float32(self.backend.encode(transform.to_input(rgb, self.device))))
         features["original_size"] = torch.tensor(original_size)  # for models that decode at full size
         return ImageState(features, original_size, transform.input_size(original_size), transform)
 
@@ -143,7 +145,9 @@ class Predictor:
                 )
         frame = state.transform.apply_prompts(prompts, state.original_size).to(self.device)
         with torch.inference_mode(not requires_grad):
-            low_res, scores = self.backend.decode(state.features, frame, multimask_output, min_score)
+            with autocast(self.model):
+                low_res, scores = self.backend.decode(state.features, frame, multimask_output, min_score)
+            low_res, scores = low_res.float(), scores.float()
         return Prediction(low_res, scores, state)
 
     # -- the official predictor's interface ---------------------------------------------------------

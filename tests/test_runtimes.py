@@ -323,7 +323,7 @@ def test_cli_export_onnx_and_openvino(registered, tmp_path, capsys):
         return
     out = tmp_path / "ov"
     assert main(["export", "tiny_test_sam", "--checkpoint", str(registered), "-o", str(out), "--format",
-                 "openvino", "--bf16-hint"]) == 0  # fmt: skip
+                 "openvino", "--precision", "bf16"]) == 0  # fmt: skip
     assert {"encoder.xml", "encoder.bin", "decoder.xml", "decoder.bin", "export.json"} <= {
         p.name for p in out.iterdir()
     }

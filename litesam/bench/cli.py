@@ -19,7 +19,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         " peak RSS. --peers adds, in the same run on the same weights, the official PyTorch code where"
         " installed, ONNX Runtime and OpenVINO, with ratios to the fastest peer per precision class.",
     )
-    add_model_args(p, model_required=True, checkpoint_default=None)
+    add_model_args(p, model_required=True, checkpoint_default=None, precision=False)  # several: below
     p.add_argument("--backend", nargs="+", choices=BACKENDS, default=["torch"], help="default torch")
     p.add_argument("--precision", nargs="+", choices=("fp32", "bf16", "int8"), default=["fp32"],
                    help="default fp32; int8 also adds ONNX Runtime int8 to --peers")  # fmt: skip

@@ -142,7 +142,7 @@ def _coco(args: argparse.Namespace) -> int:
               "annotations": str(Path(args.annotations).resolve()), "boxes": args.boxes}  # fmt: skip
     rank, world, device = join_process_group(args.device)  # torchrun: every world-th image per process
     log = _log(args, header, rank)
-    model = build_model(args.model, checkpoint=args.checkpoint, device=device)
+    model = build_model(args.model, checkpoint=args.checkpoint, device=device, precision=args.precision)
     report = evaluate_coco(
         Predictor(model), coco, args.images, detections, limit=args.limit, log=log,
         batch_size=args.batch_size, progress=not args.no_progress and rank == 0,

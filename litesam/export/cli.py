@@ -15,7 +15,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         " and any extra features) and decoder.onnx (the official SAM ONNX interface: image_embeddings,"
         " point_coords, point_labels, mask_input, has_mask_input, orig_im_size -> masks,"
         " iou_predictions, low_res_masks; any number of points), checked with onnx.checker, plus"
-        " export.json; or the same as OpenVINO IR with --format openvino.",
+        " export.json; or the same as OpenVINO IR with --format openvino (--precision bf16 / auto: the"
+        " bf16 inference hint recorded in export.json; the IR stays fp32).",
     )
     p.add_argument("name", metavar="NAME", help="model name (see `litesam models`)")
     add_model_args(p)
@@ -28,11 +29,6 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         " openvino: int8 encoder weights (needs nncf)",
     )
     p.add_argument(
-        "--bf16-hint",
-        action="store_true",
-        help="openvino: record the bf16 inference precision hint in export.json (the IR stays fp32)",
-    )
-    p.add_argument(
         "--return-single-mask",
         action="store_true",
         help="the decoder returns one mask per call, as the official export option (default: all"
@@ -41,8 +37,11 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..build import build_model
     from ..errors import InputError
+    from ..precision import resolve as resolve_precision
     from ..registry import get_spec
     from ..utils.io import writable_folder
     from .onnx import export_onnx
@@ -51,17 +50,17 @@ def run(args: argparse.Namespace) -> int:
     spec = get_spec(args.name)
     if spec.kind != "promptable":
         raise InputError(f"{spec.name} is a model of kind {spec.kind!r}: only promptable models export")
-    if args.format == "onnx" and args.bf16_hint:
-        raise InputError("--bf16-hint is an OpenVINO inference hint: use it with --format openvino")
-    if args.bf16_hint and args.quantize:
-        raise InputError("give --quantize int8 or --bf16-hint, not both")
+    hint = resolve_precision(args.precision, torch.device("cpu"))  # OpenVINO's inference precision
+    if args.format == "onnx" and args.precision == "bf16":
+        raise InputError("ONNX files are fp32; bf16 is an OpenVINO inference hint: add --format openvino")
+    if args.quantize and args.precision == "bf16":
+        raise InputError("give --quantize int8 or --precision bf16, not both")
     out = writable_folder(args.output)
-    model = build_model(spec.name, checkpoint=args.checkpoint, device=args.device)
+    model = build_model(spec.name, checkpoint=args.checkpoint, device=args.device)  # graphs trace in fp32
     if args.format == "onnx":
         files = export_onnx(model, out, return_single_mask=args.return_single_mask, quantize=args.quantize)
     else:
-        precision = args.quantize or ("bf16" if args.bf16_hint else "fp32")
-        files = export_openvino(model, out, precision, return_single_mask=args.return_single_mask)
+        files = export_openvino(model, out, args.quantize or hint, return_single_mask=args.return_single_mask)
     for role, path in files.items():
         print(f"{role}: {path}")
     if "decoder" not in files:

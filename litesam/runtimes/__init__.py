@@ -42,26 +42,30 @@ def open_backend(
 ) -> Backend:
     """The backend named ``backend`` for ``model`` (a :class:`Backend` object is returned as it is).
 
-    ``precision`` (exported backends only): onnxruntime ``"fp32"`` (default) or ``"int8"`` (encoder
-    weights dynamically quantised); openvino ``"fp32"``, ``"bf16"`` (inference hint) or ``"int8"``
-    (NNCF). The torch model's precision is the one it was built with.
+    ``precision`` (exported backends only; default: the model's own, ``build_model(precision=...)``,
+    where the backend has it, else fp32): onnxruntime ``"fp32"`` or ``"int8"`` (encoder weights
+    dynamically quantised); openvino ``"fp32"``, ``"bf16"`` (inference hint) or ``"int8"`` (NNCF). The
+    torch backend runs the model in the precision it was built with.
     """
     if not isinstance(backend, str):
         return backend
     if backend == "torch":
-        if precision not in (None, "fp32"):
+        if precision is not None:
             raise InputError(
                 f"the torch backend runs the model as built: precision {precision!r} is a build_model option"
             )
         return model
+    built = getattr(model, "precision", "fp32")
     if backend == "onnxruntime":
         from .exported import ExportedBackend
-        from .onnxruntime import OnnxRuntimeEngine
+        from .onnxruntime import PRECISIONS, OnnxRuntimeEngine
 
-        return ExportedBackend(model, OnnxRuntimeEngine(precision or "fp32"))
+        return ExportedBackend(
+            model, OnnxRuntimeEngine(precision or (built if built in PRECISIONS else "fp32"))
+        )
     if backend == "openvino":
         from .exported import ExportedBackend
         from .openvino import OpenVinoEngine
 
-        return ExportedBackend(model, OpenVinoEngine(precision or "fp32"))
+        return ExportedBackend(model, OpenVinoEngine(precision or built))
     raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
