@@ -1,6 +1,7 @@
 """``litesam bench --peers`` for the issue's models, one JSON record each, then ``make_readme.py``.
 
     python benchmarks/bench_runtimes.py [--models mobile_sam edge_sam ...] [--threads 2] [--repeat 5]
+        [--precision fp32 bf16 int8]
 
 Runs each model in one process with the official packages importable through the test stand-ins for
 torchvision and timm (as the other benchmark scripts), so the official PyTorch code is among the peers
@@ -25,6 +26,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16", "int8"])
     parser.add_argument("--random", action="store_true", help="random weights (no checkpoint download)")
     args = parser.parse_args()
     for package in ("segment_anything", "mobile_sam"):
@@ -36,7 +38,7 @@ def main() -> int:
     records = []
     for name in args.models:
         out = results / f"{name}.json"
-        argv = ["bench", "--model", name, "--peers", "--precision", "fp32", "bf16", "int8", "--threads",
+        argv = ["bench", "--model", name, "--peers", "--precision", *args.precision, "--threads",
                 str(args.threads), "--repeat", str(args.repeat), "--json", str(out)]  # fmt: skip
         if not args.random:
             argv += ["--checkpoint", "auto"]
