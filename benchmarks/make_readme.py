@@ -51,7 +51,7 @@ def model_table(record: dict[str, Any]) -> list[str]:
         cells += [f"{rel[row['label']][t]:.2f}x" for t in tasks]
         cells.append(f"{row['peak_rss_mib']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [f"- skipped {s['label']}: {s['reason']}" for s in record["skipped"]]
+    lines += [""] + [f"- skipped {s['label']}: {s['reason']}" for s in record["skipped"]]
     return lines + [""]
 
 

@@ -104,7 +104,8 @@ def bars(
         return height - bottom - (scale(v) - lo) / (hi - lo) * (height - top - bottom)
 
     draw.rectangle((left, top, width - right, height - bottom), outline="black")
-    ticks = [10**e for e in range(int(lo), int(hi) + 1)] if log else _ticks(lo, hi)
+    decades = range(int(lo), int(hi) + 1)
+    ticks = [m * 10**e for e in decades for m in (1, 2, 5) if m * 10**e <= 10**hi] if log else _ticks(lo, hi)
     for t in ticks:
         y = y_at(t) if t > 0 else height - bottom
         draw.line((left - 4, y, width - right, y), fill=(225, 225, 225))
