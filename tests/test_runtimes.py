@@ -25,6 +25,7 @@ from litesam.build import prepare_for_inference
 from litesam.cli import main
 from litesam.errors import InputError, MissingDependency
 from litesam.export import export_onnx, export_openvino
+from litesam.export.onnx import export_official_decoder
 from litesam.modeling import Sam
 
 OFFICIAL_INPUTS = ["point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
@@ -145,9 +146,11 @@ def test_onnx_encoder_and_official_decoder_equal_the_torch_predictor(model, imag
 
 
 def test_return_single_mask_picks_as_the_official_graph(model, image, reference, tmp_path):
-    files = export_onnx(model, tmp_path, return_single_mask=True)
-    (embeddings,) = _session(files["encoder"]).run(None, {"image": model.transform.to_input(image).numpy()})
-    decoder = _session(files["decoder"])
+    embeddings = reference.features.numpy()
+    export_official_decoder(
+        model, tmp_path / "decoder.onnx", {"image_embeddings": list(embeddings.shape)}, True
+    )
+    decoder = _session(tmp_path / "decoder.onnx")
     # one click (+ padding = 2 points): the best of the multimask outputs
     masks, iou, low_res = decoder.run(None, _official_inputs(model, image, embeddings, [[40, 50]], [1]))
     _, scores, multi = reference.predict([[40, 50]], [1], multimask_output=True)
