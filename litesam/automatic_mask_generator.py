@@ -273,9 +273,13 @@ class MaskGenerator:
         if low_res.shape[0] == 0:
             return MaskCandidates()
         threshold = self.predictor.mask_threshold
-        passed, masks, stability = [], [], []
+        state = prediction.state
+        size_t = state.original_size[::-1]  # (W, H)
+        passed, masks_t, stability = [], [], []
         for chunk in low_res.split(_UPSAMPLE_CHUNK):
-            logits = prediction.state.upscale(chunk[:, None])[:, 0].cpu()
+            # Upsampled transposed (K x W x H): the run-length codes read pixels column by column, which
+            # is then memory order (no transposing copy); the transform resizes each axis on its own.
+            logits = state.transform.postprocess_masks(chunk[:, None].transpose(-1, -2), size_t)[:, 0].cpu()
             score = stability_score(logits, threshold, self.stability_score_offset)
             if stability_thresh > 0.0:
                 ok = score >= stability_thresh
@@ -283,16 +287,16 @@ class MaskGenerator:
             else:
                 ok = torch.ones_like(score, dtype=torch.bool)
             passed.append(ok)
-            masks.append(logits > threshold)
+            masks_t.append(logits > threshold)
             stability.append(score)
         keep = torch.cat(passed)
-        masks, stability = torch.cat(masks), torch.cat(stability)
+        masks_t, stability = torch.cat(masks_t), torch.cat(stability)
         h, w = frame.image_size
-        boxes = masks_to_boxes(masks)
+        boxes = masks_to_boxes(masks_t)[:, [1, 0, 3, 2]]  # transposed (y, x) boxes -> XYXY
         inside = ~box_near_crop_edge(boxes, list(frame.box), [0, 0, w, h])
         kept = {"iou_preds": iou_preds[keep], **{k: v[keep] for k, v in columns.items()}}
         return MaskCandidates.from_masks(
-            masks[inside],
+            (masks_t if bool(inside.all()) else masks_t[inside]).transpose(1, 2),  # HxW views
             frame,
             boxes[inside],
             stability=stability[inside],

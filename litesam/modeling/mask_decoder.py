@@ -169,8 +169,8 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         src = memoized(memo, self, "src", lambda: image_embeddings + dense_prompt_embeddings)
         h, w = src.shape[-2:]
-        hs, src = self.transformer(src, image_pe, tokens, memo)
-        return hs[:, : len(output_tokens)], src.expand(b, -1, -1).unflatten(1, (h, w))
+        hs, src = self.transformer(src, image_pe, tokens, memo, tokens_out=len(output_tokens))
+        return hs, src.expand(b, -1, -1).unflatten(1, (h, w))
 
     def output_tokens(self) -> torch.Tensor:
         """The learned output tokens, TxC: the IoU token, then the ``num_mask_tokens`` mask tokens."""

@@ -224,12 +224,15 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         memo: Memo | None = None,
+        tokens_out: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding, image_pe: (B or 1)xCxHxW; point_embedding: BxNxC -> (tokens BxNxC, image BxHWxC).
 
         An image batch of 1 is shared by all B prompt sets: its projections are computed once, and it
         becomes per-prompt only where the prompts first write into it (image->token attention). A
         ``memo`` (a dict, empty for a new image) keeps them for further calls with the same image.
+        ``tokens_out``: only the first that many tokens are wanted (returned BxTxC); the final attention,
+        where tokens no longer meet each other, is then computed for those alone.
         """
         shared = memo if image_embedding.shape[0] == 1 else None
         keys = memoized(shared, self, "keys", lambda: image_embedding.flatten(2).transpose(1, 2).contiguous())
@@ -237,5 +240,6 @@ class TwoWayTransformer(nn.Module):
         queries = point_embedding
         for i, layer in enumerate(self.layers):  # keys are per prompt after the first layer
             queries, keys = layer(queries, keys, point_embedding, key_pe, shared if i == 0 else None)
+        queries, point_embedding = queries[:, :tokens_out], point_embedding[:, :tokens_out]
         attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys

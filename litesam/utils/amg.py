@@ -137,6 +137,7 @@ def mask_to_rle(masks: torch.Tensor) -> list[np.ndarray]:
     """
     k, h, w = masks.shape
     size = h * w
+    # no copy when the masks are transposed views of KxWxH tensors (column-major already)
     stream = np.ascontiguousarray(masks.cpu().numpy().transpose(0, 2, 1)).reshape(k, size)
     changes = stream[:, 1:] != stream[:, :-1]
     out = []
