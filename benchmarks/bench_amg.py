@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, SHARED_IMAGE, import_official, matmul_gflops
+from common import REPO, SHARED_IMAGE, import_official, matmul_gflops, median_time
 
 import litesam
 from litesam.build import prepare_for_inference
@@ -146,13 +146,9 @@ def decoder_speed(threads: int, batch: int = 64, repeats: int = 3) -> dict:
     with torch.inference_mode():
         for name, fn in (("official", theirs), ("litesam", mine)):
             with FlopCounterMode(display=False) as counter:
-                fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            result[name] = {"ms_per_prompt": 1000 * float(np.median(times)) / batch,
+                fn()  # also the warm-up
+            seconds = median_time(fn, repeats, warmup=0)
+            result[name] = {"ms_per_prompt": 1000 * seconds / batch,
                             "gflop_per_prompt": counter.get_total_flops() / batch / 1e9}  # fmt: skip
     return result
 
