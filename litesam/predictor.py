@@ -146,7 +146,8 @@ class Predictor:
         frame = state.transform.apply_prompts(prompts, state.original_size).to(self.device)
         with torch.inference_mode(not requires_grad):
             with autocast(self.model):
-                low_res, scores = self.backend.decode(state.features, frame, multimask_output, min_score)
+                hint = {} if min_score is None else {"min_score": min_score}  # models may predate it
+                low_res, scores = self.backend.decode(state.features, frame, multimask_output, **hint)
             low_res, scores = low_res.float(), scores.float()
         return Prediction(low_res, scores, state)
 

@@ -59,7 +59,7 @@ class BoxOracle(nn.Module):
         self.encodes += 1
         return {"image_embeddings": x.mean(dim=1, keepdim=True)}
 
-    def decode(self, features, prompts: Prompts, multimask_output: bool = True):
+    def decode(self, features, prompts: Prompts, multimask_output: bool = True, min_score=None):
         boxes = prompts.boxes.numpy()
         masks = [
             box_mask(x0, y0, (x1 - x0) * self.fraction, y1 - y0) * (self.fraction > 0)

@@ -53,7 +53,8 @@ class PromptableModel(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of one image (batch 1, shared by the prompts) and B prompt sets in the prompt frame ->
         (BxMxSxS low-res logits over the prompt frame, BxM scores). ``min_score``: a hint that masks
-        scoring <= it will not be used; a model may then skip them (their logits -inf) or ignore it."""
+        scoring <= it will not be used; a model may then skip them (their logits -inf) or ignore it. It
+        is passed by keyword and only when set (models written before it still decode)."""
         ...
 
 
