@@ -232,9 +232,9 @@ class MaskGenerator:
         state = self.predictor.encode(frame.crop(rgb))
         parts = []
         batch = int(settings["points_per_batch"])
+        min_score = settings["pred_iou_thresh"] if settings["pred_iou_thresh"] > 0.0 else None
         for start in range(0, len(prompts), batch):
             part = slice(start, start + batch)
-            min_score = settings["pred_iou_thresh"] if settings["pred_iou_thresh"] > 0.0 else None
             prediction = self.predictor.decode(state, prompts[part], multimask_output, min_score=min_score)
             crop_columns = {k: v[part] for k, v in columns.items()}
             parts.append(self.filter_masks(prediction, crop_columns, frame, settings))
