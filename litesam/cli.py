@@ -84,7 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--multimask", action="store_true", help="return 3 candidate masks instead of 1")
     seg.add_argument("-o", "--output", default="litesam_out", help="output folder (default litesam_out)")
 
-    sub.add_parser("models", help="list the registered models", description="List the registered models.")
+    models = sub.add_parser(
+        "models", help="list the registered models", description="List the registered models."
+    )
+    models.add_argument(
+        "--stats",
+        action="store_true",
+        help="also count parameters and encoder GFLOPs (builds each model on the meta device: ~30 s)",
+    )
 
     ins = sub.add_parser(
         "inspect",
@@ -226,24 +233,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _models(args: argparse.Namespace) -> int:
     from .registry import get_spec, list_models
 
-    rows = [("name", "params enc/total (M)", "encoder GFLOPs", "input", "source", "description")]
+    head = ("name", "input", "source", "description")
+    if args.stats:
+        head = ("name", "params enc/total (M)", "encoder GFLOPs", *head[1:])
+    rows = [head]
     for name in list_models():
         spec = get_spec(name)
-        stats = spec.stats()
-        rows.append(
-            (
-                name,
+        size = spec.transform.image_size
+        counts: tuple[str, ...] = ()
+        if args.stats:
+            stats = spec.stats()
+            counts = (
                 f"{stats.encoder_params / 1e6:.2f} / {stats.total_params / 1e6:.2f}",
                 f"{stats.encoder_flops / 1e9:.1f}",
-                f"{stats.input_size}x{stats.input_size}",
-                spec.source,
-                spec.description,
             )
-        )
+        rows.append((name, *counts, f"{size}x{size}", spec.source, spec.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
-    print("GFLOPs: one image at the input size, multiply-add = 2, matmul/convolution/attention only.")
+    if args.stats:
+        print("GFLOPs: one image at the input size, multiply-add = 2, matmul/convolution/attention only.")
     return 0
 
 

@@ -154,6 +154,15 @@ def test_models_lists_the_registry(capsys):
         assert name in out
 
 
+@pytest.mark.slow
+def test_models_stats_counts_every_model(capsys):
+    assert main(["models", "--stats"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert rows["sam_vit_b"][1:5] == ["89.67", "/", "93.74", "972.1"]  # test_stats: the official counts
+    for name in litesam.list_models():
+        assert float(rows[name][4]) > 0  # encoder GFLOPs
+
+
 def test_offline_download_says_what_to_do(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("LITESAM_OFFLINE", "1")
     monkeypatch.setenv("LITESAM_HOME", str(tmp_path))
@@ -171,9 +180,10 @@ def test_a_litesam_home_that_is_a_file_is_named(monkeypatch, tmp_path, capsys):
     assert "is a file, not a folder" in err and err.count("\n") == 1
 
 
-def test_console_script_help():
-    for sub in ([], ["segment"], ["models"], ["download"], ["everything"], ["edges"], ["distill"], ["eval"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "litesam", *sub, "--help"], capture_output=True, text=True
-        )
-        assert done.returncode == 0 and "usage: litesam" in done.stdout
+def test_console_script_help(capsys):
+    done = subprocess.run([sys.executable, "-m", "litesam", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: litesam" in done.stdout
+    for sub in ("segment", "models", "download", "everything", "edges", "distill", "eval", "serve", "bench"):
+        with pytest.raises(SystemExit) as exit_:
+            main([sub, "--help"])
+        assert exit_.value.code == 0 and f"usage: litesam {sub}" in capsys.readouterr().out
