@@ -51,7 +51,7 @@ def measure(model: str, photo: Path, clicks: int, screenshot: Path | None) -> li
                 page.keyboard.press("Escape")
                 x, y = rng.uniform(0.2, 0.8, 2)
                 page.mouse.click(box["x"] + x * box["width"], box["y"] + y * box["height"])
-                page.wait_for_function(f"() => window.litesamLatencies.length === {i + 1}")
+                page.wait_for_function(f"() => window.litesamLatencies.length === {i + 1}", polling=100)
             if screenshot is not None:
                 page.keyboard.press("Escape")
                 page.mouse.click(box["x"] + 0.45 * box["width"], box["y"] + 0.55 * box["height"])
@@ -59,6 +59,9 @@ def measure(model: str, photo: Path, clicks: int, screenshot: Path | None) -> li
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot))
             latencies = page.evaluate("() => window.litesamLatencies")[:clicks]
+            timings = page.evaluate("() => window.litesamTimings")[:clicks]
+            parts = {k: np.median([t[k] for t in timings]) for k in timings[0]}
+            print(f"{model}: median ms " + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()), flush=True)
             browser.close()
     finally:
         server.should_exit = True

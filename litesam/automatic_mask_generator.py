@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .candidates import OUTPUT_MODES, CropFrame, MaskCandidates
 from .errors import InputError
 from .modeling.sam import PromptableModel
-from .predictor import Prediction, Predictor
+from .predictor import ImageState, Prediction, Predictor
 from .prompt_sources import BoxSource, Columns, GridSource, PromptSource
 from .prompts import Prompts
 from .runtimes import Backend
@@ -159,7 +159,11 @@ class MaskGenerator:
 
     @torch.inference_mode()
     def generate(
-        self, image: ImageInput, boxes: Any = None, source: PromptSource | None = None
+        self,
+        image: ImageInput,
+        boxes: Any = None,
+        source: PromptSource | None = None,
+        state: ImageState | None = None,
     ) -> list[dict[str, Any]]:
         """Masks for everything in ``image`` (a path, PIL image or HxWx3 array): records as documented
         on the class, in descending order of predicted IoU within each crop.
@@ -167,7 +171,8 @@ class MaskGenerator:
         ``boxes`` (Kx4 XYXY image pixels, e.g. from a detector) replaces the point grid and the crops:
         one mask per box (``multimask_output=False``), same filters and NMS, ``point_coords`` = the box
         centre (MobileSAM-v2's box-prompted segment everything). ``source`` takes any other
-        :class:`~litesam.prompt_sources.PromptSource`.
+        :class:`~litesam.prompt_sources.PromptSource`. ``state``: ``image`` already encoded by this
+        model (``Predictor.encode``), used for the whole-image crop instead of encoding it again.
         """
         if boxes is not None and source is not None:
             raise InputError("give boxes or a prompt source, not both")
@@ -176,7 +181,7 @@ class MaskGenerator:
         if source is None:
             source = BoxSource(boxes) if boxes is not None else self.default_source or self.grid
         settings = self.settings_for(source)
-        candidates = self.candidates(rgb, source)
+        candidates = self.candidates(rgb, source, state)
         if self.min_mask_region_area > 0:
             candidates = self.remove_small_regions(candidates, size, settings["box_nms_thresh"])
         if getattr(source, "sort_by_area", False):
@@ -188,16 +193,17 @@ class MaskGenerator:
         source's ``generator_defaults``, else the official defaults."""
         return {**DEFAULTS, **getattr(source, "generator_defaults", {}), **self.settings}
 
-    def candidates(self, rgb: np.ndarray, source: Any) -> MaskCandidates:
+    def candidates(self, rgb: np.ndarray, source: Any, state: ImageState | None = None) -> MaskCandidates:
         """HxWx3 uint8 RGB -> the de-duplicated masks of all of ``source``'s crops (before small-region
-        removal); a source with ``for_image`` is first asked for the image's own source."""
+        removal); a source with ``for_image`` is first asked for the image's own source. ``state``: the
+        whole image already encoded (see :meth:`generate`)."""
         settings = self.settings_for(source)
         if callable(getattr(source, "for_image", None)):
             source = source.for_image(rgb)
         frames = source.crops((rgb.shape[0], rgb.shape[1]))
         if callable(getattr(source, "segment", None)):  # segments by itself: no prompts to decode
             return MaskCandidates.concat(
-                [source.segment(self.predictor.encode(frame.crop(rgb)).features, frame) for frame in frames]
+                [source.segment(self._encode(rgb, frame, state).features, frame) for frame in frames]
             )
         prompts = [source.prompts(frame) for frame in frames]
         batch = int(settings["points_per_batch"])
@@ -205,7 +211,13 @@ class MaskGenerator:
         with tqdm(total=n_batches, disable=not self.progress, desc="masks", unit="batch") as bar:
             parts = [
                 self._crop_candidates(
-                    rgb, frame, crop_prompts, columns, source.multimask_output, settings, bar.update
+                    self._encode(rgb, frame, state),
+                    frame,
+                    crop_prompts,
+                    columns,
+                    source.multimask_output,
+                    settings,
+                    bar.update,
                 )
                 for frame, (crop_prompts, columns) in zip(frames, prompts, strict=True)
             ]
@@ -218,9 +230,15 @@ class MaskGenerator:
             candidates = candidates.select(keep)
         return candidates
 
+    def _encode(self, rgb: np.ndarray, frame: CropFrame, state: ImageState | None) -> ImageState:
+        """The encoded crop ``frame`` of ``rgb``: ``state`` where it is the whole image, else encoded."""
+        if state is not None and frame.size == frame.image_size == state.original_size:
+            return state
+        return self.predictor.encode(frame.crop(rgb))
+
     def _crop_candidates(
         self,
-        rgb: np.ndarray,
+        state: ImageState,
         frame: CropFrame,
         prompts: Prompts,
         columns: Columns,
@@ -228,8 +246,7 @@ class MaskGenerator:
         settings: Settings,
         on_batch: Callable[[], Any],
     ) -> MaskCandidates:
-        """Encode the crop, decode its prompts ``points_per_batch`` at a time, filter, de-duplicate."""
-        state = self.predictor.encode(frame.crop(rgb))
+        """Decode the encoded crop's prompts ``points_per_batch`` at a time, filter, de-duplicate."""
         parts = []
         batch = int(settings["points_per_batch"])
         min_score = settings["pred_iou_thresh"] if settings["pred_iou_thresh"] > 0.0 else None

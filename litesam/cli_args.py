@@ -35,19 +35,19 @@ def add_model_args(
             "--precision",
             default="fp32",
             choices=PRECISIONS,
-            help="fp32 (exact, default), bf16 (bfloat16 autocast: fast with AMX/AVX512-BF16 or CUDA) or"
-            " auto",
+            help="fp32 (exact, default), bf16 (bfloat16 autocast: fast with AMX/AVX512-BF16 or CUDA) or auto",
         )
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
     """``--backend`` (default torch): what runs the model (see :func:`litesam.runtimes.open_backend`)."""
-    from .runtimes import BACKENDS
+    from .runtimes import CHOICES
 
     p.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=CHOICES,
         default="torch",
         help="what runs the model: torch (default), or onnxruntime / openvino on its exported graphs"
-        " (exported once, cached under $LITESAM_HOME/runtimes; extras litesam[onnx] / litesam[openvino])",
+        " (exported once, cached under $LITESAM_HOME/runtimes; extras litesam[onnx] / litesam[openvino]),"
+        " or auto: the fastest of them here whose masks agree with torch's (measured once)",
     )

@@ -8,9 +8,11 @@ top of them (they keep one current state).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +31,15 @@ from .utils.transforms import ImageTransform
 class ImageState:
     """One encoded image: the encoder's named features (``"image_embeddings"``: 1x256x64x64, and any
     model-specific extras), the original (H, W), the (h, w) it covers in the encoder input, and the
-    transform that made it. Immutable; share it freely."""
+    transform that made it. Immutable; share it freely. ``memo`` is the model's scratch space for
+    tensors derived from the features alone (the decoder's image side), filled by the first decode and
+    reused by the next: a cache, never an input."""
 
     features: Mapping[str, torch.Tensor]
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     transform: ImageTransform
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", MappingProxyType(dict(self.features)))
@@ -89,6 +94,7 @@ class Predictor:
         self.model = model.eval()
         self.backend = open_backend(self.model, backend, precision)
         self.state: ImageState | None = None
+        self._keeps_memo = "memo" in inspect.signature(self.backend.decode).parameters
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +152,9 @@ class Predictor:
         frame = state.transform.apply_prompts(prompts, state.original_size).to(self.device)
         with torch.inference_mode(not requires_grad):
             with autocast(self.model):
-                hint = {} if min_score is None else {"min_score": min_score}  # models may predate it
+                hint: dict[str, Any] = {} if min_score is None else {"min_score": min_score}
+                if self._keeps_memo and not requires_grad:  # models may predate both keywords
+                    hint["memo"] = state.memo
                 low_res, scores = self.backend.decode(state.features, frame, multimask_output, **hint)
             low_res, scores = low_res.float(), scores.float()
         return Prediction(low_res, scores, state)

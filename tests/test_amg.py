@@ -282,6 +282,25 @@ def test_records_have_the_official_fields(model):
     json.dumps(litesam.MaskGenerator(model, output_mode="coco_rle", **KEEP_ALL).generate(image))
 
 
+def test_an_encoded_image_is_not_encoded_again(model, monkeypatch):
+    image = photo(60, 80)
+    generator = litesam.MaskGenerator(model, **KEEP_ALL)
+    state = generator.predictor.encode(image)
+    expected = generator.generate(image)
+    encoded = []
+    encode = generator.predictor.encode
+    monkeypatch.setattr(generator.predictor, "encode", lambda rgb: encoded.append(rgb.shape) or encode(rgb))
+    again = generator.generate(image, state=state)
+    assert encoded == [] and len(again) == len(expected)
+    for a, b in zip(again, expected, strict=True):
+        np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+    cropping = litesam.MaskGenerator(model, crop_n_layers=1, **KEEP_ALL)  # the image and 4 crops
+    encode = cropping.predictor.encode
+    monkeypatch.setattr(cropping.predictor, "encode", lambda rgb: encoded.append(rgb.shape) or encode(rgb))
+    cropping.generate(image, state=state)
+    assert len(encoded) == 4 and (60, 80, 3) not in encoded  # only the crops are encoded
+
+
 def test_output_modes_hold_the_same_masks(model):
     image = photo(50, 70)
     outputs = {

@@ -105,13 +105,34 @@ def test_prepare_for_inference_switches_the_decoder_to_fast_upscaling():
     torch.testing.assert_close(fast, reference)
 
 
+@pytest.mark.parametrize("memo", [None, {}], ids=["once", "kept"])
 @pytest.mark.parametrize(
     ("queries", "keys"),
-    [((5, 7), (1, 64)), ((5, 7), (5, 64)), ((1, 64), (5, 7)), ((5, 64), (5, 7))],
-    ids=["tokens->shared image", "tokens->per-prompt image", "shared image->tokens", "image->tokens"],
+    [
+        ((5, 7), (1, 64)),
+        ((5, 7), (5, 64)),
+        ((1, 64), (5, 7)),
+        ((5, 64), (5, 7)),
+        ((1, 7), (1, 64)),
+        ((2, 7), (1, 64)),
+        ((1, 64), (1, 7)),
+        ((1, 64), (2, 7)),
+    ],
+    ids=[
+        "tokens->shared image",
+        "tokens->per-prompt image",
+        "shared image->tokens",
+        "image->tokens",
+        "one prompt->image",
+        "two prompts->shared image",
+        "image->one prompt",
+        "shared image->two prompts",
+    ],
 )
-def test_reassociated_attention_equals_the_projected_one(queries, keys):
-    """(batch, tokens) of each side; 8 heads of width 16 meeting 7 tokens fold into 56 < 128 columns."""
+def test_reassociated_attention_equals_the_projected_one(queries, keys, memo):
+    """(batch, tokens) of each side; 8 heads of width 16 meeting 7 tokens fold into 56 < 128 columns. A
+    shared image side is projected (kept in the memo when one is given) or, for one or two prompts
+    without a memo, folded like a per-prompt one."""
     attention = Attention(256, num_heads=8, downsample_rate=2).double()
     randomize(attention, seed=1)
     gen = torch.Generator().manual_seed(2)
@@ -120,9 +141,11 @@ def test_reassociated_attention_equals_the_projected_one(queries, keys):
     with torch.no_grad():
         reference = attention(q, k, v)
         attention.reassociate = True
-        folded = attention(q, k, v)
-    assert folded.shape == (5, queries[1], 256)
+        folded = attention(q, k, v, memo)
+        again = attention(q, k, v, memo)
+    assert folded.shape == (max(queries[0], keys[0]), queries[1], 256)
     torch.testing.assert_close(folded, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again, reference, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk", [1, 2])

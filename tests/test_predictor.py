@@ -9,6 +9,8 @@ from helpers import photo, tiny_sam
 from PIL import Image
 
 import litesam
+from litesam.build import prepare_for_inference
+from litesam.prompts import Prompts
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +187,37 @@ def test_mask_input_with_nan_or_inf_is_refused(predictor, bad):
     mask[0, 3, 4] = bad
     with pytest.raises(litesam.InputError, match="mask_input contains NaN"):
         predictor.predict([[80, 60]], [1], mask_input=mask)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "prepared"])
+def test_the_image_memo_leaves_decodes_unchanged_and_follows_the_weights(fast):
+    """Decodes keep the decoder's image side in ``state.memo``: later clicks on the same image give what a
+    freshly encoded image gives, also with a mask prompt and after the weights change."""
+    model = tiny_sam(image_size=256)
+    if fast:
+        prepare_for_inference(model)
+    predictor = litesam.Predictor(model)
+    image = photo(60, 80)
+    state = predictor.encode(image)
+    clicks = [Prompts.single([[20, 30]], [1]), Prompts.single([[50, 10], [5, 5]], [1, 0], box=[0, 0, 70, 50])]
+
+    def same_as_fresh() -> None:
+        for prompts in clicks:
+            kept = predictor.decode(state, prompts)
+            fresh = predictor.decode(predictor.encode(image), prompts)
+            torch.testing.assert_close(kept.low_res, fresh.low_res, rtol=0, atol=1e-5)
+            torch.testing.assert_close(kept.scores, fresh.scores, rtol=0, atol=1e-6)
+
+    same_as_fresh()
+    assert state.memo  # the image side is kept
+    logits = predictor.decode(state, clicks[0]).low_res[:, :1]
+    with_mask = Prompts.single([[20, 30]], [1], mask_input=logits[0])
+    torch.testing.assert_close(
+        predictor.decode(state, with_mask).low_res,
+        predictor.decode(predictor.encode(image), with_mask).low_res,
+    )
+    with torch.no_grad():
+        for p in model.mask_decoder.transformer.parameters():
+            p.mul_(1.5)
+        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(0.5)
+    same_as_fresh()

@@ -382,3 +382,39 @@ def test_bench_writes_a_record_with_every_field(registered, tmp_path, capsys, mo
     text = (tmp_path / "README.md").read_text()
     assert "### tiny_test_sam" in text and "| litesam torch fp32 | fp32 |" in text and "skipped" in text
     assert Image.open(tmp_path / "latency.png").size == (960, 520)
+
+
+def test_auto_picks_the_fastest_agreeing_setting_and_remembers_it(home, model, image, monkeypatch):
+    from litesam.runtimes import auto
+
+    choice = auto.choose_backend(model)
+    rows = {(m.backend, m.precision): m for m in choice.measured}
+    assert rows[("torch", None)].lowest_iou == 1.0 and ("onnxruntime", "fp32") in rows
+    fine = [m for m in choice.measured if m.skipped is None and m.lowest_iou >= auto.AGREEMENT]
+    assert (choice.backend, choice.precision) == min((m.seconds, m.backend, m.precision) for m in fine)[1:]
+    assert rows[("onnxruntime", "fp32")].lowest_iou >= 0.99  # float32 in another order: same masks
+    # measured once per machine: the next model with these weights reads the choice
+    monkeypatch.setattr(auto, "measure", lambda *a, **k: pytest.fail("measured again"))
+    predictor = Predictor(copy.deepcopy(model), backend="auto")
+    assert getattr(predictor.backend, "name", "torch") == choice.backend  # torch: the model, unnamed
+    predictor.set_image(image)
+    masks, _, _ = predictor.predict([[40, 50]], [1])
+    assert masks.shape == (3, 120, 160)
+
+
+def test_auto_never_picks_a_setting_whose_masks_disagree(home, model, monkeypatch):
+    from litesam.runtimes import auto
+
+    fast_and_wrong = [
+        auto.Measured("torch", None, encode_s=1.0, decode_s=0.1, lowest_iou=1.0),
+        auto.Measured("onnxruntime", "int8", encode_s=0.1, decode_s=0.01, lowest_iou=0.5),
+        auto.Measured("openvino", "fp32", encode_s=0.9, decode_s=0.1, lowest_iou=0.999),
+        auto.Measured("openvino", "int8", skipped="nncf is not installed"),
+    ]
+    monkeypatch.setattr(auto, "measure", lambda model, settings: fast_and_wrong)
+    settings = [(m.backend, m.precision) for m in fast_and_wrong]
+    choice = auto.choose_backend(model, settings=settings, refresh=True)
+    assert (choice.backend, choice.precision) == ("openvino", "fp32")
+    assert auto.choose_backend(model, agreement=0.4, settings=settings).backend == "onnxruntime"
+    with pytest.raises(InputError, match="chooses the precision too"):
+        Predictor(model, backend="auto", precision="int8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -57,6 +58,42 @@ def test_upload_then_click_gives_masks_over_the_whole_image(server):
         },
     )
     assert status == 200 and len(one["masks"]) == 1 and "png" in one["masks"][0]
+
+
+def test_every_mask_format_carries_the_same_masks(server):
+    base, _ = server
+    image = upload(base, png_bytes(seed=3))[1]
+    click = {"image_id": image["image_id"], "points": [[60, 50]], "labels": [1]}
+    out = {
+        fmt: call(base + "/api/predict", {**click, "format": fmt})[1]["masks"]
+        for fmt in ("rle", "png", "bits")
+    }
+    for rle, png, bits in zip(out["rle"], out["png"], out["bits"], strict=True):
+        mask = rle_mask(rle["rle"])
+        as_png = np.asarray(Image.open(io.BytesIO(base64.b64decode(png["png"])))).astype(bool)
+        as_bits = np.unpackbits(np.frombuffer(base64.b64decode(bits["bits"]), np.uint8))[: mask.size]
+        np.testing.assert_array_equal(as_png, mask)
+        np.testing.assert_array_equal(as_bits.reshape(mask.shape).astype(bool), mask)
+        ys, xs = np.nonzero(mask)
+        box = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] if len(xs) else [0] * 4
+        assert rle["bbox"] == png["bbox"] == bits["bbox"] == box
+        assert rle["area"] == png["area"] == bits["area"] == mask.sum()
+
+
+def test_pick_returns_one_candidates_mask_and_every_score(server):
+    base, _ = server
+    image = upload(base, png_bytes(seed=4))[1]
+    click = {"image_id": image["image_id"], "points": [[60, 50]], "labels": [1]}
+    every = call(base + "/api/predict", click)[1]
+    scores = [m["score"] for m in every["masks"]]
+    best = call(base + "/api/predict", {**click, "pick": "best"})[1]
+    assert best["scores"] == pytest.approx(scores) and len(best["masks"]) == 1
+    assert best["masks"][0]["index"] == int(np.argmax(scores))
+    assert best["masks"][0]["rle"] == every["masks"][int(np.argmax(scores))]["rle"]
+    second = call(base + "/api/predict", {**click, "pick": 1})[1]["masks"]
+    assert [m["index"] for m in second] == [1] and second[0]["rle"] == every["masks"][1]["rle"]
+    status, out = call(base + "/api/predict", {**click, "pick": 3})
+    assert status == 422 and "pick 3 is not a candidate" in out["detail"]
 
 
 def test_same_answer_for_the_same_click_and_the_embedding_is_computed_once(server):

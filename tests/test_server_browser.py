@@ -69,6 +69,13 @@ def test_click_box_everything_keep_and_download(tmp_path):
             page.wait_for_function("() => window.litesamLatencies.length === 1")
             assert overlay_pixels(page) > 200  # the mask (and the point) appeared
             assert page.locator("#candidates button").count() == 3
+            chosen = page.locator("#candidates button.chosen").inner_text()
+            other = next(i for i in range(3) if not chosen.startswith(f"{i + 1}:"))
+            page.locator("#candidates button").nth(other).click()  # its mask is fetched, then shown
+            page.wait_for_function(
+                f"() => document.querySelectorAll('#candidates button')[{other}].className === 'chosen'"
+            )
+            assert overlay_pixels(page) > 200
 
             click_at(page, 300, 220, button="right")  # background point
             page.wait_for_function("() => window.litesamLatencies.length === 2")

@@ -18,6 +18,7 @@ from ..utils.transforms import ImageTransform
 from .common import sam_neck
 from .repvit import RepViTConfig, build_features
 from .sam import Features, Sam
+from .transformer import Memo
 
 EDGE_SAM_CONFIG = RepViTConfig(
     widths=(48, 96, 192, 384), depths=(3, 3, 15, 2), downsample_strides=(2, 2, 2), norm_after_sum=False
@@ -105,10 +106,11 @@ class EdgeSam(Sam):
         prompts: Prompts,
         multimask_output: bool = True,
         min_score: float | None = None,
+        memo: Memo | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.stability_scores:  # scores from the masks: every mask is needed
             min_score = None
-        masks, scores = super().decode(features, prompts, multimask_output, min_score)
+        masks, scores = super().decode(features, prompts, multimask_output, min_score, memo)
         if self.stability_scores:
             return masks, stability_score(masks, self.mask_threshold, self.stability_offset)
         return masks, scores

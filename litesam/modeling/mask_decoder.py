@@ -87,6 +87,7 @@ class MaskDecoder(nn.Module):
         keep: slice = slice(None),
         features: Mapping[str, Any] | None = None,
         min_score: float | None = None,
+        memo: Memo | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks BxKx4Hx4W and IoU predictions BxK of the mask tokens selected by ``keep`` (default all).
 
@@ -95,12 +96,17 @@ class MaskDecoder(nn.Module):
         Prompts run in chunks (each prompt is independent; see ``chunk_bytes``), which bounds the
         per-prompt image-sized intermediates; the image side is computed once for all chunks.
         ``min_score``: prompts whose every kept IoU prediction is <= this get no masks computed (their
-        logits are -inf), e.g. when only masks scoring above it will be used.
+        logits are -inf), e.g. when only masks scoring above it will be used. ``memo``: a dict kept
+        with this image and dense prompt across calls (see :func:`fresh_memo`), so the image side is
+        computed once for them all.
         """
         b = sparse_prompt_embeddings.shape[0]
         shared = image_embeddings.shape[0] == 1 and dense_prompt_embeddings.shape[0] == 1
-        memo = {} if shared else None  # the image side, computed by the first chunk for all
         step = self._chunk(self.prompt_chunk, image_embeddings[0].numel(), image_embeddings.element_size())
+        if not shared:
+            memo = None
+        elif memo is None and b > step:
+            memo = {}  # the image side, computed by the first chunk for all
         if b <= step:
             return self._predict_chunk(
                 image_embeddings,

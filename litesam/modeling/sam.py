@@ -26,6 +26,7 @@ from torch import nn
 
 from ..prompts import Prompts
 from ..utils.transforms import ImageTransform
+from .transformer import Memo, fresh_memo, memoized
 
 Features = Mapping[str, torch.Tensor]  # "image_embeddings": Bx256x64x64, plus model-specific extras
 
@@ -50,11 +51,14 @@ class PromptableModel(Protocol):
         prompts: Prompts,
         multimask_output: bool = True,
         min_score: float | None = None,
+        memo: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of one image (batch 1, shared by the prompts) and B prompt sets in the prompt frame ->
         (BxMxSxS low-res logits over the prompt frame, BxM scores). ``min_score``: a hint that masks
         scoring <= it will not be used; a model may then skip them (their logits -inf) or ignore it. It
-        is passed by keyword and only when set (models written before it still decode)."""
+        is passed by keyword and only when set (models written before it still decode). ``memo``: a dict
+        that lives as long as the image's features, where a model may keep tensors derived from them
+        between decodes; passed by keyword, and only to models whose ``decode`` has the parameter."""
         ...
 
 
@@ -98,23 +102,31 @@ class Sam(nn.Module):
         prompts: Prompts,
         multimask_output: bool = True,
         min_score: float | None = None,
+        memo: Memo | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (low-res mask logits BxMx256x256, predicted IoU BxM), M = 3 or 1.
 
         features: the encoder's, batch 1 (shared by all prompts) or B; prompts: B sets in the prompt
         frame (points BxNx2 with labels BxN: 1 fg, 0 bg, -1 ignore; boxes Bx4; mask Bx1x256x256).
         Prompts whose every score is <= ``min_score`` get -inf logits instead of computed masks.
+        ``memo``: a dict kept with these features across decodes (``ImageState.memo``): the decoder's
+        image-side tensors (positional encoding, first-layer projections) are then computed once per
+        image, not per call (not used with a mask prompt).
         """
         points = (prompts.points, prompts.labels) if prompts.points is not None else None
         sparse, dense = self.prompt_encoder(points=points, boxes=prompts.boxes, masks=prompts.mask)
+        if memo is not None:
+            memo = fresh_memo(memo, self.prompt_encoder, self.mask_decoder)
+        pe = memoized(memo, self.prompt_encoder, "dense_pe", self.prompt_encoder.get_dense_pe)
         return self.mask_decoder.predict_masks(
             features["image_embeddings"],
-            self.prompt_encoder.get_dense_pe(),
+            pe,
             sparse,
             dense,
             self.mask_tokens(multimask_output),
             features=features,
             min_score=min_score,
+            memo=memo if prompts.mask is None else None,
         )
 
     def decode_onnx(

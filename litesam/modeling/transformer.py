@@ -25,6 +25,19 @@ def memoized(memo: Memo | None, owner: object, name: str, compute: Callable[[], 
     return memo[key]
 
 
+def fresh_memo(memo: Memo, *modules: nn.Module) -> Memo:
+    """``memo`` (kept with one image across decodes), emptied first if the weights of ``modules`` changed
+    since it was filled (an optimiser step or ``load_state_dict`` bumps their tensor versions) or autocast
+    switched: what it holds is then recomputed."""
+    params = [p for m in modules for p in m.parameters()]
+    device = params[0].device.type if params else "cpu"
+    stamp = (torch.is_autocast_enabled(device), tuple((id(p), p._version) for p in params))
+    if memo.get((0, "stamp")) != stamp:
+        memo.clear()
+        memo[(0, "stamp")] = stamp
+    return memo
+
+
 class Attention(nn.Module):
     """Multi-head attention whose q/k/v projections may shrink the width by ``downsample_rate``.
 
@@ -77,6 +90,17 @@ class Attention(nn.Module):
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         return out if residual is None else residual + out
 
+    def _project_shared(self, rows: int, width: int, memo: Memo | None) -> bool:
+        """Whether to project a shared (batch 1) image side of ``width`` channels rather than fold the
+        projection into the ``rows`` = prompts x tokens on the other side: always when a ``memo`` keeps
+        the projection for later calls; else when that costs fewer multiply-adds per image token
+        (``width x internal_dim`` once against ``rows x (heads x width - internal_dim)`` more for the
+        folded products; one or two prompts of 7 tokens fold)."""
+        return (
+            memo is not None
+            or rows * (self.num_heads * width - self.internal_dim) >= width * self.internal_dim
+        )
+
     def _few_queries(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, memo: Memo | None
     ) -> torch.Tensor:
@@ -91,13 +115,14 @@ class Attention(nn.Module):
         b, t, _ = q.shape
         heads, scale = self.num_heads, (self.internal_dim // self.num_heads) ** -0.5
         qh = self.q_proj(q).view(b, t, heads, -1).permute(2, 0, 1, 3)  # heads x B x T x d
-        if k.shape[0] == 1 and v.shape[0] == 1:
+        if k.shape[0] == 1 and v.shape[0] == 1 and self._project_shared(b * t, k.shape[-1], memo):
             d = qh.shape[-1]
             kh = memoized(memo, self, "k", lambda: self.k_proj(k[0]).view(-1, heads, d).permute(1, 2, 0))
             vh = memoized(memo, self, "v", lambda: self.v_proj(v[0]).view(-1, heads, d).transpose(0, 1))
             attn = (qh.reshape(heads, b * t, -1) @ kh).mul_(scale).softmax(-1)
             out = (attn @ vh).view(heads, b, t, -1).permute(1, 2, 0, 3).flatten(2)  # B x T x Ci
             return self.out_proj(out)
+        k, v = k.expand(b, -1, -1), v.expand(b, -1, -1)
         wk = self.k_proj.weight.view(heads, -1, k.shape[-1])  # heads x d x C
         wv = self.v_proj.weight.view(heads, -1, v.shape[-1])
         folded = (qh.transpose(0, 1) @ wk).mul_(scale).flatten(1, 2)  # B x heads*T x C
@@ -132,7 +157,7 @@ class Attention(nn.Module):
         wo = self.out_proj.weight.view(-1, heads, d).transpose(0, 1)  # heads x C x d
         values = (vh @ wo.transpose(1, 2).unsqueeze(0)).flatten(1, 2)  # B x heads*T x C
         values += self.out_proj.bias / heads
-        if q.shape[0] == 1:
+        if q.shape[0] == 1 and self._project_shared(b * t, q.shape[-1], memo):
             qh = memoized(memo, self, "q", lambda: self.q_proj(q[0]).view(n, heads, d).permute(1, 2, 0))
             keys = kh.permute(2, 0, 1, 3).reshape(heads, b * t, d)
             scores = (keys @ qh).view(heads, b, t, n).transpose(0, 1)  # B x heads x T x N (strided)
@@ -140,7 +165,7 @@ class Attention(nn.Module):
             wq = self.q_proj.weight.view(heads, d, -1)  # heads x d x C
             folded = (kh.transpose(1, 2) @ wq.unsqueeze(0)).flatten(1, 2)  # B x heads*T x C
             bias = (kh.transpose(1, 2) @ self.q_proj.bias.view(heads, d, 1)).view(b, -1, 1)
-            scores = torch.baddbmm(bias, folded, q.transpose(1, 2)).view(b, heads, t, n)
+            scores = torch.baddbmm(bias, folded, q.expand(b, -1, -1).transpose(1, 2)).view(b, heads, t, n)
         attn = torch.sub(scores, scores.amax(2, keepdim=True), out=scores.new_empty(b, heads, t, n)).exp_()
         attn /= attn.sum(2, keepdim=True)
         attn = attn.view(b, heads * t, n).transpose(1, 2)  # B x N x heads*T

@@ -17,6 +17,7 @@ from ..modeling.sam import Features, PromptableModel
 from ..prompts import Prompts
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
+CHOICES = (*BACKENDS, "auto")  # what a user may ask for: "auto" measures and picks one of BACKENDS
 
 
 @runtime_checkable
@@ -45,10 +46,19 @@ def open_backend(
     ``precision`` (exported backends only; default: the model's own, ``build_model(precision=...)``,
     where the backend has it, else fp32): onnxruntime ``"fp32"`` or ``"int8"`` (encoder weights
     dynamically quantised); openvino ``"fp32"``, ``"bf16"`` (inference hint) or ``"int8"`` (NNCF). The
-    torch backend runs the model in the precision it was built with.
+    torch backend runs the model in the precision it was built with. ``"auto"``: the fastest of these
+    on this machine whose masks agree with the torch model's, measured once and remembered
+    (:func:`litesam.runtimes.auto.choose_backend`).
     """
     if not isinstance(backend, str):
         return backend
+    if backend == "auto":
+        if precision is not None:
+            raise InputError("backend='auto' chooses the precision too: give one or the other")
+        from .auto import choose_backend
+
+        choice = choose_backend(model)
+        return open_backend(model, choice.backend, choice.precision)
     if backend == "torch":
         if precision is not None:
             raise InputError(
@@ -68,4 +78,4 @@ def open_backend(
         from .openvino import OpenVinoEngine
 
         return ExportedBackend(model, OpenVinoEngine(precision or built))
-    raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(CHOICES)}")

@@ -35,7 +35,7 @@ from ..hub import cache_dir, offline
 from ..predictor import ImageState, Predictor
 from ..prompts import Prompts
 from ..registry import get_spec, list_models
-from ..utils.amg import mask_to_rle
+from ..utils.amg import mask_to_rle, masks_to_boxes
 from ..utils.image import load_image
 from ..utils.io import atomic_write, find_images
 from .annotations import AnnotationStore
@@ -84,7 +84,16 @@ class PredictRequest(BaseModel):
     labels: list[int] = Field(default_factory=list, description="1 foreground, 0 background, one per point")
     box: tuple[float, float, float, float] | None = Field(default=None, description="x0, y0, x1, y1 pixels")
     multimask: bool = Field(default=True, description="several candidate masks (else the single best)")
-    format: Literal["rle", "png"] = Field(default="rle", description="uncompressed RLE or base64 PNG masks")
+    pick: int | Literal["best"] | None = Field(
+        default=None,
+        description="return the mask of this candidate only (its index, or 'best': the highest score); "
+        "'scores' still has every candidate's score",
+    )
+    format: Literal["rle", "png", "bits"] = Field(
+        default="rle",
+        description="masks as uncompressed column-major RLE, base64 PNG, or base64 row-major bits "
+        "(numpy.packbits: 8 pixels a byte, first in the high bit; what the page uses)",
+    )
 
 
 class EverythingRequest(BaseModel):
@@ -151,8 +160,8 @@ class ModelSlot:
         with self._lock:
             if spec.name == self.name and checkpoint is None and not force:
                 return
-            if self.settings.random_weights:
-                model = build_model(spec.name, **self.settings.model_options)
+            if self.settings.random_weights:  # prepared for inference as a loaded checkpoint would be
+                model = build_model(spec.name, fuse=True, **self.settings.model_options)
             else:
                 model = build_model(spec.name, checkpoint=checkpoint or "auto", **self.settings.model_options)
             self.predictor, self.name = Predictor(model), spec.name
@@ -208,24 +217,31 @@ class TooManyPixels(InputError):
 
 
 def masks_payload(masks: torch.Tensor, scores: torch.Tensor, fmt: str) -> list[dict[str, Any]]:
-    """MxHxW bool masks and M scores -> JSON records (RLE counts or base64 PNG, area, XYWH bbox)."""
-    out = []
-    for mask, counts, score in zip(masks, mask_to_rle(masks), scores.tolist(), strict=True):
-        ys, xs = torch.nonzero(mask, as_tuple=True)
-        bbox = (
-            [0, 0, 0, 0]
-            if len(xs) == 0
-            else [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-        )
-        record: dict[str, Any] = {"score": score, "area": int(mask.sum()), "bbox": bbox}
-        if fmt == "png":
+    """MxHxW bool masks and M scores -> JSON records: score, area, XYWH bbox and the mask as uncompressed
+    column-major RLE (``rle``), a base64 PNG (``png``) or base64 row-major bits, 8 pixels a byte, first
+    pixel in the high bit (``bits``, as ``np.packbits``: the same size whatever the mask's shape)."""
+    areas = masks.flatten(1).sum(1).tolist()
+    boxes = masks_to_boxes(masks).tolist()
+    encoded: list[Any]
+    if fmt == "rle":
+        encoded = [{"size": list(masks.shape[1:]), "counts": c.tolist()} for c in mask_to_rle(masks)]
+    elif fmt == "png":
+        encoded = []
+        for mask in masks.numpy():
             buf = io.BytesIO()
-            Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(buf, format="PNG")
-            record["png"] = base64.b64encode(buf.getvalue()).decode("ascii")
-        else:
-            record["rle"] = {"size": list(mask.shape), "counts": counts.tolist()}
-        out.append(record)
-    return out
+            Image.fromarray(mask).save(buf, format="PNG")  # bool: a 1-bit PNG
+            encoded.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    else:
+        encoded = [base64.b64encode(np.packbits(m)).decode("ascii") for m in masks.numpy()]
+    return [
+        {
+            "score": score,
+            "area": area,
+            "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1] if area else [0, 0, 0, 0],
+            fmt: code,
+        }
+        for score, area, (x0, y0, x1, y1), code in zip(scores.tolist(), areas, boxes, encoded, strict=True)
+    ]
 
 
 # -- guards ----------------------------------------------------------------------------------------------
@@ -446,10 +462,22 @@ def create_app(settings: Settings) -> FastAPI:
         start = time.perf_counter()
         name, predictor = slot.current()
         prediction = predictor.decode(state, prompts, multimask_output=body.multimask)
-        masks = prediction.logits()[0] > predictor.mask_threshold
-        records = masks_payload(masks, prediction.scores[0], body.format)
+        scores = prediction.scores[0]
+        if body.pick is None:
+            picked = list(range(len(scores)))
+        elif body.pick == "best":
+            picked = [int(scores.argmax())]
+        elif 0 <= body.pick < len(scores):
+            picked = [body.pick]
+        else:
+            raise InputError(f"pick {body.pick} is not a candidate: this prompt has {len(scores)} masks")
+        masks = state.upscale(prediction.low_res[:, picked])[0] > predictor.mask_threshold
+        records = masks_payload(masks, scores[picked], body.format)
+        for record, index in zip(records, picked, strict=True):
+            record["index"] = index
         return {
             "masks": records,
+            "scores": scores.tolist(),
             "width": state.original_size[1],
             "height": state.original_size[0],
             "model": name,
@@ -460,13 +488,14 @@ def create_app(settings: Settings) -> FastAPI:
     def everything(body: EverythingRequest) -> dict[str, Any]:
         """Every object of an uploaded image: records with uncompressed RLE, largest first."""
         entry = cache.get(body.image_id)
-        name, predictor = slot.current()
+        name, state = encode(body.image_id)  # the cached embedding: not encoded again
+        _, predictor = slot.current()
         generator = MaskGenerator(
             predictor.model,
             points_per_side=body.points_per_side or settings.points_per_side,
             output_mode="uncompressed_rle",
         )
-        records = generator.generate(entry.rgb)
+        records = generator.generate(entry.rgb, state=state)
         records.sort(key=lambda r: -r["area"])
         return {"records": records, "model": name}
 

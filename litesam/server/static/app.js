@@ -5,12 +5,13 @@ const $ = (id) => document.getElementById(id);
 const S = {
   imageId: null, name: null, w: 0, h: 0, scale: 1,
   points: [], box: null, undo: [], redo: [],
-  masks: [], chosen: 0, seq: 0,
+  masks: [], chosen: 0, seq: 0, prompt: null,
   everything: null, hovered: -1,
   objects: [], folder: null, index: -1,
   models: null, encodeMs: 1000, drag: null,
 };
 window.litesamLatencies = [];  // click -> mask on screen, ms (read by tests and benchmarks)
+window.litesamTimings = [];  // where each click's time went: server, request (+ JSON), unpack, draw, frame
 
 function status(text) { $("status").textContent = text; }
 
@@ -174,19 +175,49 @@ async function predict() {
   const seq = ++S.seq;
   if (!S.imageId || (!S.points.length && !S.box)) { S.masks = []; draw(); renderCandidates(); return; }
   try {
-    const result = await postJSON("/api/predict", {
+    const prompt = {
       image_id: S.imageId, points: S.points.map((p) => [p.x, p.y]), labels: S.points.map((p) => p.label),
-      box: S.box, multimask: true,
+      box: S.box,
+    };
+    const result = await postJSON("/api/predict", {
+      ...prompt, multimask: true, format: "bits", pick: "best",
     });
     if (seq !== S.seq) return;  // a newer click is on its way
-    S.masks = result.masks.map((m) => ({ ...m, bits: rleBits(m.rle) }));
-    S.chosen = S.masks.reduce((best, m, i) => (m.score > S.masks[best].score ? i : best), 0);
+    const t1 = performance.now();
+    // the best candidate's mask comes now, the others when picked (fetchCandidate)
+    S.masks = result.scores.map((score, index) => ({ score, index, bits: null }));
+    for (const m of result.masks) S.masks[m.index] = { ...m, bits: unpackBits(m.bits, S.w * S.h) };
+    S.chosen = result.masks[0].index;
+    S.prompt = prompt;
+    const t2 = performance.now();
     draw(); renderCandidates();
+    const t3 = performance.now();
     await new Promise((resolve) => requestAnimationFrame(() => resolve()));
     const ms = performance.now() - t0;
     window.litesamLatencies.push(ms);
+    window.litesamTimings.push({
+      total: ms, server: result.decode_ms, request: t1 - t0, unpack: t2 - t1, draw: t3 - t2, frame: t0 + ms - t3,
+    });
     status(`${S.masks.length} masks, ${ms.toFixed(0)} ms (decoder ${result.decode_ms} ms)`);
   } catch (e) { if (seq === S.seq) status(e.message); }
+}
+
+// Base64 packed bits (numpy.packbits of the row-major mask) -> Uint8Array of n 0/1, a byte at a time:
+// each packed byte becomes two 32-bit words of its eight 0/1 bytes (little-endian: first pixel lowest).
+const BYTE_WORDS = (() => {
+  const words = new Uint32Array(512);
+  for (let b = 0; b < 256; b++) for (let k = 0; k < 8; k++) {
+    if ((b >> (7 - k)) & 1) words[2 * b + (k >> 2)] |= 1 << (8 * (k & 3));
+  }
+  return words;
+})();
+function unpackBits(b64, n) {
+  const text = atob(b64), words = new Uint32Array(2 * text.length);
+  for (let i = 0; i < text.length; i++) {
+    const b = 2 * text.charCodeAt(i);
+    words[2 * i] = BYTE_WORDS[b]; words[2 * i + 1] = BYTE_WORDS[b + 1];
+  }
+  return new Uint8Array(words.buffer, 0, n);
 }
 
 // Uncompressed column-major RLE (zeros first) -> Uint8Array of h*w (row-major) 0/1.
@@ -253,6 +284,20 @@ function draw() {
   }
 }
 
+// Show candidate i, fetching its mask first if only its score is here.
+async function choose(i) {
+  const m = S.masks[i];
+  if (!m.bits) {
+    try {
+      const seq = S.seq;
+      const result = await postJSON("/api/predict", { ...S.prompt, multimask: true, format: "bits", pick: i });
+      if (seq !== S.seq) return;
+      S.masks[i] = { ...result.masks[0], bits: unpackBits(result.masks[0].bits, S.w * S.h) };
+    } catch (e) { status(e.message); return; }
+  }
+  S.chosen = i; draw(); renderCandidates();
+}
+
 function renderCandidates() {
   const div = $("candidates");
   div.innerHTML = "";
@@ -260,7 +305,7 @@ function renderCandidates() {
     const b = document.createElement("button");
     b.textContent = `${i + 1}: ${m.score.toFixed(2)}`;
     b.className = i === S.chosen ? "chosen" : "";
-    b.onclick = () => { S.chosen = i; draw(); renderCandidates(); };
+    b.onclick = () => choose(i);
     div.append(b);
   });
 }
@@ -302,10 +347,11 @@ async function keep() {
   const mask = S.masks[S.chosen];
   if (!S.imageId || !mask) return;
   try {
+    const rle = mask.rle || bitsToRle(mask.bits, S.h, S.w);
     const object = await postJSON("/api/annotations", {
-      image_id: S.imageId, rle: mask.rle || bitsToRle(mask.bits, S.h, S.w), label: $("label").value, score: mask.score,
+      image_id: S.imageId, rle, label: $("label").value, score: mask.score,
     });
-    S.objects.push(decodedObject({ ...object, label: $("label").value || "object", rle: mask.rle }));
+    S.objects.push({ ...object, label: $("label").value || "object", rle, bits: mask.bits });
     if (S.folder) S.folder.images[S.index].objects++;
     resetPrompts(); renderObjects(); renderCandidates(); draw();
     status(`kept ${object.id}`);
@@ -402,7 +448,7 @@ function bindEvents() {
       ArrowRight: () => openIndex(S.index + 1), ArrowLeft: () => openIndex(S.index - 1),
     };
     if (keys[e.key]) { e.preventDefault(); keys[e.key](); } else if (/^[1-9]$/.test(e.key) && S.masks[e.key - 1]) {
-      S.chosen = e.key - 1; draw(); renderCandidates();
+      choose(e.key - 1);
     }
   });
   const stage = $("stage");
