@@ -1,7 +1,7 @@
 """``litesam bench --peers`` for the issue's models, one JSON record each, then ``make_readme.py``.
 
     python benchmarks/bench_runtimes.py [--models mobile_sam edge_sam ...] [--threads 2] [--repeat 5]
-        [--precision fp32 bf16 int8]
+        [--precision fp32 bf16 int8] [--random] [--no-everything]
 
 Runs each model in one process with the official packages importable through the test stand-ins for
 torchvision and timm (as the other benchmark scripts), so the official PyTorch code is among the peers
@@ -27,7 +27,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16", "int8"])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "openvino"],
+                        help="litesam's own backends to time (--peers times the peers)")  # fmt: skip
     parser.add_argument("--random", action="store_true", help="random weights (no checkpoint download)")
+    parser.add_argument("--no-everything", action="store_true", help="skip segment-everything (bench_amg.py)")
     args = parser.parse_args()
     for package in ("segment_anything", "mobile_sam"):
         try:
@@ -38,10 +41,13 @@ def main() -> int:
     records = []
     for name in args.models:
         out = results / f"{name}.json"
-        argv = ["bench", "--model", name, "--peers", "--precision", *args.precision, "--threads",
-                str(args.threads), "--repeat", str(args.repeat), "--json", str(out)]  # fmt: skip
+        argv = ["bench", "--model", name, "--peers", "--backend", *args.backends,
+                "--precision", *args.precision,
+                "--threads", str(args.threads), "--repeat", str(args.repeat), "--json", str(out)]  # fmt: skip
         if not args.random:
             argv += ["--checkpoint", "auto"]
+        if args.no_everything:
+            argv.append("--no-everything")
         if litesam(argv) == 0:
             records.append(str(out))
     return make_readme(records)

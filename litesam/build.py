@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import load_into, read_state_dict
 from .errors import InputError
 from .identify import identify
-from .modeling.fuse import fuse_modules
+from .modeling.fuse import FusedConv, fuse_modules
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import PromptableModel
 from .modeling.transformer import Attention
@@ -102,7 +102,7 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
 
 # The speed-only paths prepare_for_inference switches on, as (module type, flag): same results, but they
 # branch on shapes in Python, which a traced graph (ONNX export) would freeze.
-_FAST_PATHS = ((MaskDecoder, "fast_upscaling"), (Attention, "reassociate"))
+_FAST_PATHS = ((MaskDecoder, "fast_upscaling"), (Attention, "reassociate"), (FusedConv, "onednn"))
 _DEFAULT = object()  # a flag not set on the instance: the class default applies
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
-from .fuse import fuse_conv_bn
+from .fuse import FusedConv, fuse_conv_bn, fuse_modules, fuse_residual_chain
 
 NORM_EPS = 1e-6
 EMBED_DIM = 256
@@ -64,11 +64,10 @@ class ConvNormAct(nn.Module):
         return x if self.act is None else self.act(x)
 
     def fused(self) -> nn.Module:
-        """The same function with BatchNorm folded into the conv (eval mode; for ``fuse_modules``)."""
-        if self.norm is None:
-            return self
-        conv = fuse_conv_bn(self.conv, self.norm)
-        return conv if self.act is None else nn.Sequential(conv, self.act)
+        """The same function with BatchNorm folded into the conv and the GELU fused into it (eval mode;
+        for ``fuse_modules``)."""
+        conv = self.conv if self.norm is None else fuse_conv_bn(self.conv, self.norm)
+        return conv if self.act is None else FusedConv(conv, self.act)
 
 
 class Residual(nn.Module):
@@ -81,6 +80,11 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x) + x if self.identity else self.main(x)
+
+    def fused(self) -> nn.Module:
+        """The branch fused (:func:`fuse_modules`), the addition into its last conv where it can be."""
+        self.main = fuse_modules(self.main)
+        return (self.identity and fuse_residual_chain(self.main)) or self
 
 
 class OpList(nn.Module):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .common import ConvBN, sam_neck
-from .fuse import fuse_conv_bn, merge_parallel_convs
+from .fuse import fuse_conv_bn, fuse_modules, fuse_residual_chain, merge_parallel_convs
 
 
 class RepDWConv(nn.Module):
@@ -77,6 +77,11 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.m(x)
+
+    def fused(self) -> nn.Module:
+        """The branch's BatchNorms folded, and the FFN's GELU and the addition fused into its convs."""
+        self.m = fuse_modules(self.m)
+        return fuse_residual_chain(self.m) or self
 
 
 class RepViTBlock(nn.Module):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import ConvBN, sam_neck
+from .fuse import FusedConv, ResidualChain
 from .image_encoder import window_partition, window_unpartition
 
 
@@ -80,6 +81,11 @@ class MBConv(nn.Module):
         y = gelu_(self.conv2(gelu_(self.conv1(x))))
         return gelu_(x + self.drop_path(self.conv3(y)))
 
+    def fused(self) -> ResidualChain:
+        """For inference: BatchNorms folded, the GELUs and the residual addition fused into the convs."""
+        convs = (self.conv1, self.conv2, self.conv3)
+        return ResidualChain([FusedConv(conv.fused(), nn.GELU()) for conv in convs])
+
 
 class PatchMerging(nn.Module):
     """BxCxHxW -> Bx``out_dim``xH/sxW/s: 1x1 ConvBN, GELU, 3x3 depthwise ConvBN (stride s), GELU, 1x1."""
@@ -92,6 +98,11 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv3(gelu_(self.conv2(gelu_(self.conv1(x)))))
+
+    def fused(self) -> nn.Sequential:
+        """For inference: BatchNorms folded, the GELUs fused into the convs before them."""
+        first = [FusedConv(conv.fused(), nn.GELU()) for conv in (self.conv1, self.conv2)]
+        return nn.Sequential(*first, self.conv3.fused())
 
 
 def relative_offset_index(window: int) -> torch.Tensor:
