@@ -418,3 +418,18 @@ def test_auto_never_picks_a_setting_whose_masks_disagree(home, model, monkeypatc
     assert auto.choose_backend(model, agreement=0.4, settings=settings).backend == "onnxruntime"
     with pytest.raises(InputError, match="chooses the precision too"):
         Predictor(model, backend="auto", precision="int8")
+
+
+def test_x_peer_compares_with_the_fastest_peer_setting_also_when_litesam_ran_it():
+    from litesam.bench.report import ratios
+
+    def row(label, group, backend, seconds):
+        return {"label": label, "group": group, "backend": backend, "precision": "fp32", "ran": "fp32",
+                "encoder": {"median_s": seconds}}  # fmt: skip
+
+    record = {"rows": [row("litesam torch fp32", "litesam", "torch", 1.0),
+                       row("litesam openvino fp32", "litesam", "openvino", 0.8),  # OpenVINO's own setting
+                       row("official torch fp32", "peer", "official", 2.0)]}  # fmt: skip
+    x_peer = ratios(record)
+    assert x_peer["litesam torch fp32"]["encoder"] == 1.25
+    assert x_peer["official torch fp32"]["encoder"] == 2.5

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .run import TASKS
+from .run import PEERS, TASKS
+
+
+def is_peer(row: dict[str, Any]) -> bool:
+    """Whether a row is (also) a setting users would pick instead of litesam: a peer's row, or litesam's
+    own ONNX Runtime / OpenVINO backend row, which is the peer's setting timed once for both."""
+    return row["group"] == "peer" or (row["backend"], row["precision"]) in PEERS
 
 
 def ratios(record: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -16,7 +22,7 @@ def ratios(record: dict[str, Any]) -> dict[str, dict[str, float]]:
         timed = [row for row in record["rows"] if task in row]
         for precision in {row["ran"] for row in timed}:
             same = [row for row in timed if row["ran"] == precision]
-            reference = [row for row in same if row["group"] == "peer"] or same
+            reference = [row for row in same if is_peer(row)] or same
             best = min(row[task]["median_s"] for row in reference)
             for row in same:
                 out[row["label"]][task] = row[task]["median_s"] / best

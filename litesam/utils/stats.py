@@ -19,18 +19,23 @@ class ModelStats:
     input_size: int
 
 
+# flags of speed-only reformulations that have a plain form: the ViT's folded relative positions, the
+# convolutions fused with their activation (oneDNN ops that a FLOP counter does not know)
+_REFORMULATIONS = ("fold_rel_pos", "onednn")
+
+
 @contextmanager
 def reference_formulation(model: nn.Module) -> Iterator[None]:
-    """Run speed-only reformulations (e.g. the ViT's folded relative positions) in their plain form, so
-    FLOP counts describe the architecture rather than litesam's way of computing it."""
-    folded = [m for m in model.modules() if getattr(m, "fold_rel_pos", False)]
-    for m in folded:
-        m.fold_rel_pos = False
+    """Run speed-only reformulations (e.g. the ViT's folded relative positions, fused convolutions) in
+    their plain form, so FLOP counts describe the architecture rather than litesam's way of computing it."""
+    switched = [(m, flag) for m in model.modules() for flag in _REFORMULATIONS if getattr(m, flag, False)]
+    for m, flag in switched:
+        setattr(m, flag, False)
     try:
         yield
     finally:
-        for m in folded:
-            m.fold_rel_pos = True
+        for m, flag in switched:
+            setattr(m, flag, True)
 
 
 def model_stats(model: nn.Module, input_size: int) -> ModelStats:
