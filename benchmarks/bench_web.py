@@ -13,97 +13,60 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import resource
 import shutil
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import uvicorn
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from litesam.server.app import Settings, create_app  # noqa: E402
-from tests.web_helpers import free_port  # noqa: E402
+from tests.web_helpers import call, running, upload  # noqa: E402
 
 PHOTO = Path(__file__).parents[1] / ".." / "shared" / "fixtures" / "images" / "bus.jpg"
 
 
 def measure(model: str, photo: Path, clicks: int, screenshot: Path | None) -> list[float]:
-    port = free_port()
-    app = create_app(Settings(model=model, random_weights=True, port=port, log_level="warning"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"]
-            )
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("body[data-ready='1']")
-            page.set_input_files("#file", str(photo))
-            page.wait_for_function(
-                "() => document.getElementById('status').textContent.includes('encoded')", timeout=300_000
-            )
-            box = page.locator("#overlay").bounding_box()
-            rng = np.random.default_rng(0)
-            for i in range(clicks):
-                page.keyboard.press("Escape")
-                x, y = rng.uniform(0.2, 0.8, 2)
-                page.mouse.click(box["x"] + x * box["width"], box["y"] + y * box["height"])
-                page.wait_for_function(f"() => window.litesamLatencies.length === {i + 1}", polling=100)
-            if screenshot is not None:
-                page.keyboard.press("Escape")
-                page.mouse.click(box["x"] + 0.45 * box["width"], box["y"] + 0.55 * box["height"])
-                page.wait_for_function(f"() => window.litesamLatencies.length === {clicks + 1}")
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot))
-            latencies = page.evaluate("() => window.litesamLatencies")[:clicks]
-            timings = page.evaluate("() => window.litesamTimings")[:clicks]
-            parts = {k: np.median([t[k] for t in timings]) for k in timings[0]}
-            print(f"{model}: median ms " + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()), flush=True)
-            browser.close()
-    finally:
-        server.should_exit = True
+    with running(model=model) as (base, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"]
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        page.set_input_files("#file", str(photo))
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('encoded')", timeout=300_000
+        )
+        box = page.locator("#overlay").bounding_box()
+        rng = np.random.default_rng(0)
+        for i in range(clicks):
+            page.keyboard.press("Escape")
+            x, y = rng.uniform(0.2, 0.8, 2)
+            page.mouse.click(box["x"] + x * box["width"], box["y"] + y * box["height"])
+            page.wait_for_function(f"() => window.litesamLatencies.length === {i + 1}", polling=100)
+        if screenshot is not None:
+            page.keyboard.press("Escape")
+            page.mouse.click(box["x"] + 0.45 * box["width"], box["y"] + 0.55 * box["height"])
+            page.wait_for_function(f"() => window.litesamLatencies.length === {clicks + 1}")
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot))
+        latencies = page.evaluate("() => window.litesamLatencies")[:clicks]
+        timings = page.evaluate("() => window.litesamTimings")[:clicks]
+        parts = {k: np.median([t[k] for t in timings]) for k in timings[0]}
+        print(f"{model}: median ms " + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()), flush=True)
+        browser.close()
     return latencies
-
-
-def _post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
-    request = urllib.request.Request(url, body, {"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
-
-
-def _upload_body(data: bytes, name: str) -> tuple[bytes, str]:
-    head = f'--b\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
-    return head + data + b"\r\n--b--\r\n", "multipart/form-data; boundary=b"
 
 
 def load(model: str, clients: int, requests: int, cache_size: int) -> None:
     """``clients`` threads send ``requests`` in all over loopback: a quarter uploads (three photos at three
     sizes: 9 images, more than the cache holds, so evicted ones are encoded again), the rest clicks on
     them; prints p50/p95 per kind, whether every answer was right and the server's peak RSS."""
-    port = free_port()
-    app = create_app(Settings(model=model, random_weights=True, port=port, log_level="warning",
-                              cache_size=cache_size))  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
     images = []
     for photo in sorted(PHOTO.parent.glob("*.jpg")):
         for side in (480, 800, 1080):
@@ -112,12 +75,26 @@ def load(model: str, clients: int, requests: int, cache_size: int) -> None:
             buf = io.BytesIO()
             pic.save(buf, format="JPEG", quality=90)
             images.append((buf.getvalue(), pic.size))
+    with running(model=model, cache_size=cache_size) as (base, _):
+        times, wrong = _load(base, images, clients, requests)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for kind, ms in times.items():
+        print(f"{model} under load ({clients} clients): {kind} p50 {np.percentile(ms, 50):.0f} ms, "
+              f"p95 {np.percentile(ms, 95):.0f} ms ({len(ms)} requests)")  # fmt: skip
+    print(f"{model} under load: {len(wrong)} wrong answers {wrong[:5]}; peak RSS {peak:.0f} MiB "
+          f"(cache {cache_size} of {len(images)} images)")  # fmt: skip
+
+
+def _load(
+    base: str, images: list[tuple[bytes, tuple[int, int]]], clients: int, requests: int
+) -> tuple[dict[str, list[float]], list[tuple[str, int]]]:
+    """The load itself: (milliseconds per request kind, the wrong answers as (kind, status))."""
     click = {"points": [[0.0, 0.0]], "labels": [1], "format": "bits", "pick": "best"}
     ids, reference = [], {}
     for i, (data, (w, h)) in enumerate(images):  # each image's answer, while it is in the cache
-        ids.append(_post(base + "/api/images", *_upload_body(data, f"{i}.jpg"))[1]["image_id"])
+        ids.append(upload(base, data, f"{i}.jpg")[1]["image_id"])
         body = {**click, "image_id": ids[i], "points": [[w / 2, h / 2]]}
-        reference[i] = _post(base + "/api/predict", json.dumps(body).encode(), "application/json")[1]["masks"]
+        reference[i] = call(base + "/api/predict", body)[1]["masks"]
     times: dict[str, list[float]] = {"upload": [], "click": []}
     wrong = []
 
@@ -126,12 +103,12 @@ def load(model: str, clients: int, requests: int, cache_size: int) -> None:
             i = (c * 7 + r * 5) % len(images)
             start = time.perf_counter()
             if r % 4 == 0:
-                status, out = _post(base + "/api/images", *_upload_body(images[i][0], f"{i}.jpg"))
+                status, out = upload(base, images[i][0], f"{i}.jpg")
                 kind, ok = "upload", status == 200 and out["image_id"] == ids[i]
             else:
                 w, h = images[i][1]
-                body = json.dumps({**click, "image_id": ids[i], "points": [[w / 2, h / 2]]}).encode()
-                status, out = _post(base + "/api/predict", body, "application/json")
+                body = {**click, "image_id": ids[i], "points": [[w / 2, h / 2]]}
+                status, out = call(base + "/api/predict", body)
                 kind, ok = "click", (out["masks"] == reference[i]) if status == 200 else status == 404
             times[kind].append(1000 * (time.perf_counter() - start))
             if not ok:
@@ -139,13 +116,7 @@ def load(model: str, clients: int, requests: int, cache_size: int) -> None:
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
-    server.should_exit = True
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    for kind, ms in times.items():
-        print(f"{model} under load ({clients} clients): {kind} p50 {np.percentile(ms, 50):.0f} ms, "
-              f"p95 {np.percentile(ms, 95):.0f} ms ({len(ms)} requests)")  # fmt: skip
-    print(f"{model} under load: {len(wrong)} wrong answers {wrong[:5]}; peak RSS {peak:.0f} MiB "
-          f"(cache {cache_size} of {len(images)} images)")  # fmt: skip
+    return times, wrong
 
 
 def main() -> None:

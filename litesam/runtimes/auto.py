@@ -16,11 +16,9 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -97,17 +95,6 @@ def machine_key() -> str:
     return f"{cpu} | threads={torch.get_num_threads()} | {' '.join(versions)}"
 
 
-def probe_image(h: int = 480, w: int = 640, seed: int = 0) -> np.ndarray:
-    """An HxWx3 uint8 picture with shapes on a gradient: something to segment."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    img = (40 + 120 * (xx / w)[..., None] + rng.normal(0, 8, (h, w, 3))).clip(0, 255)
-    for _ in range(8):
-        cx, cy, r = rng.integers(0, w), rng.integers(0, h), rng.integers(h // 12, h // 4)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = rng.integers(0, 256, 3)
-    return img.astype(np.uint8)
-
-
 def probe_prompts(h: int, w: int, side: int = 3) -> Prompts:
     """A side x side grid of single foreground points over an HxW image, one prompt set each."""
     xs, ys = np.meshgrid((np.arange(side) + 0.5) * w / side, (np.arange(side) + 0.5) * h / side)
@@ -115,23 +102,15 @@ def probe_prompts(h: int, w: int, side: int = 3) -> Prompts:
     return Prompts.batch(point_coords=points, point_labels=np.ones((len(points), 1)))
 
 
-def _median_s(run: Callable[[], Any], repeat: int) -> float:
-    run()  # warm-up (first runs load graphs and allocate)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def measure(
     model: PromptableModel, settings: Sequence[tuple[str, str | None]], repeat: int = 3
 ) -> list[Measured]:
     """Time and compare each (backend, precision) on the probe image (see the module docstring)."""
+    from ..bench.subjects import bench_image
+    from ..bench.timing import time_it
     from ..predictor import Predictor
 
-    image = probe_image()
+    image = bench_image(480, 640)
     grid = probe_prompts(*image.shape[:2])
     click = grid[:1]
     reference: torch.Tensor | None = None
@@ -153,8 +132,8 @@ def measure(
             Measured(
                 backend,
                 precision,
-                encode_s=_median_s(lambda p=predictor: p.encode(image), repeat),
-                decode_s=_median_s(lambda p=predictor, s=state: p.decode(s, click), 2 * repeat + 1),
+                encode_s=time_it(lambda p=predictor: p.encode(image), 1, repeat).median,
+                decode_s=time_it(lambda p=predictor, s=state: p.decode(s, click), 1, 2 * repeat + 1).median,
                 lowest_iou=float(iou.min()),
             )
         )
