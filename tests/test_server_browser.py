@@ -37,6 +37,14 @@ OVERLAY_ALPHA = (
 )
 
 
+PREDICTS = (  # requests the page has made to /api/predict and got answers to
+    "() => performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/api/predict')).length"
+)
+ALPHA_COUNT = """(alpha) => { const c = document.getElementById('overlay');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] === alpha) n++; return n; }"""
+
+
 def overlay_pixels(page) -> int:
     return page.evaluate("""() => { const c = document.getElementById('overlay');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -102,6 +110,7 @@ def test_click_box_everything_keep_and_download(tmp_path):
             page.click("#keep")
             page.wait_for_selector("#objects li")
             assert "square" in page.inner_text("#objects")
+            assert page.evaluate(ALPHA_COUNT, 90) > 200  # kept objects are drawn in their own colour
 
             with page.expect_download() as download:
                 page.click("#download-coco")
@@ -115,5 +124,48 @@ def test_click_box_everything_keep_and_download(tmp_path):
                 "() => /^\\d+ masks$/.test(document.getElementById('status').textContent)", timeout=60_000
             )
             assert errors == []
+        finally:
+            browser.close()
+
+
+def test_a_resting_mouse_previews_the_mask_and_a_click_there_shows_it_at_once(tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(png_bytes(240, 320))
+    with running() as (base, _), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-ready='1']")
+            page.set_input_files("#file", str(image))
+            page.wait_for_function("() => document.getElementById('status').textContent.includes('encoded')")
+            box = page.locator("#overlay").bounding_box()
+            s = box["width"] / 320
+            spot = (box["x"] + 100 * s, box["y"] + 80 * s)
+
+            page.mouse.move(*spot)  # rests: the preview is asked for and drawn faintly (alpha 80)
+            page.wait_for_function(f"() => ({ALPHA_COUNT})(80) > 200")
+            preview = page.evaluate(ALPHA_COUNT, 80)
+            assert page.evaluate(PREDICTS) == 1 and page.evaluate("() => window.litesamLatencies.length") == 0
+
+            page.mouse.click(*spot)  # the same spot: that request's mask, no new one
+            page.wait_for_function("() => window.litesamLatencies.length === 1")
+            assert page.evaluate("() => window.litesamTimings[0].hovered") == 1
+            assert page.evaluate(PREDICTS) == 1
+            assert page.locator("#candidates button").count() == 3
+            marker = (2 * max(3, 6 / s) + 2) ** 2  # the point's disc covers a few mask pixels
+            assert preview - marker <= page.evaluate(ALPHA_COUNT, 140) <= preview
+            assert page.evaluate(ALPHA_COUNT, 80) == 0
+
+            page.keyboard.press("Escape")
+            page.mouse.move(box["x"] - 20, box["y"] - 20)  # off the image: no preview
+            page.wait_for_function("() => document.getElementById('candidates').children.length === 0")
+            page.wait_for_function(f"() => ({ALPHA_COUNT})(80) === 0")
+
+            page.uncheck("#hover")  # no previews: resting asks nothing
+            asked = page.evaluate(PREDICTS)
+            page.mouse.move(*spot)
+            page.wait_for_timeout(300)
+            assert page.evaluate(PREDICTS) == asked and page.evaluate(ALPHA_COUNT, 80) == 0
         finally:
             browser.close()

@@ -9,7 +9,10 @@ const S = {
   everything: null, hovered: -1,
   objects: [], folder: null, index: -1,
   models: null, encodeMs: 1000, drag: null,
+  image: null, layer: null,  // the overlay's pixels, and the kept objects' (redrawn when those change)
+  hover: null, hoverTimer: 0,  // the preview under a resting mouse (before the first click)
 };
+const HOVER_MS = 80;  // the mouse rests this long before its preview is asked for
 window.litesamLatencies = [];  // click -> mask on screen, ms (read by tests and benchmarks)
 window.litesamTimings = [];  // where each click's time went: server, request (+ JSON), unpack, draw, frame
 
@@ -67,6 +70,7 @@ async function loadModels() {
 
 async function selectModel(name) {
   status(`loading ${name}…`);
+  endHover();
   try {
     await withProgress(`loading ${name}`, postJSON("/api/models/select", { name }));
     await loadModels();
@@ -91,7 +95,7 @@ async function uploadCheckpoint(file) {
 // -- images -----------------------------------------------------------------------------------------
 async function showBitmap(blob) {
   const bitmap = await createImageBitmap(blob);
-  S.w = bitmap.width; S.h = bitmap.height;
+  S.w = bitmap.width; S.h = bitmap.height; S.image = null; S.layer = null; S.hover = null;
   const stage = $("stage");
   S.scale = Math.min(1, (stage.clientWidth - 4) / S.w, (window.innerHeight * 0.85) / S.h);
   for (const c of [$("image"), $("overlay")]) {
@@ -155,8 +159,11 @@ async function openIndex(index) {
 }
 
 // -- prompts and masks ------------------------------------------------------------------------------
+const askBest = (prompt) => postJSON("/api/predict", { ...prompt, multimask: true, format: "bits", pick: "best" });
+
 function snapshot() { return { points: S.points.map((p) => ({ ...p })), box: S.box && [...S.box] }; }
 function change(mutate) {
+  clearTimeout(S.hoverTimer);
   S.undo.push(snapshot()); S.redo = [];
   mutate();
   S.everything = null;
@@ -179,14 +186,17 @@ async function predict() {
       image_id: S.imageId, points: S.points.map((p) => [p.x, p.y]), labels: S.points.map((p) => p.label),
       box: S.box,
     };
-    const result = await postJSON("/api/predict", {
-      ...prompt, multimask: true, format: "bits", pick: "best",
-    });
+    const hover = S.hover, [p] = S.points;  // a first click where the mouse rested: its preview's request
+    const hovered = hover && hover.done !== "failed" && !S.box && S.points.length === 1 && p.label === 1
+      && p.x === hover.x && p.y === hover.y;
+    const result = await (hovered ? hover.request : askBest(prompt));
     if (seq !== S.seq) return;  // a newer click is on its way
     const t1 = performance.now();
-    // the best candidate's mask comes now, the others when picked (fetchCandidate)
+    // the best candidate's mask comes now, the others when picked (choose)
     S.masks = result.scores.map((score, index) => ({ score, index, bits: null }));
-    for (const m of result.masks) S.masks[m.index] = { ...m, bits: unpackBits(m.bits, S.w * S.h) };
+    for (const m of result.masks) {
+      S.masks[m.index] = { ...m, bits: hovered && hover.bits ? hover.bits : unpackBits(m.bits, S.w * S.h) };
+    }
     S.chosen = result.masks[0].index;
     S.prompt = prompt;
     const t2 = performance.now();
@@ -197,6 +207,7 @@ async function predict() {
     window.litesamLatencies.push(ms);
     window.litesamTimings.push({
       total: ms, server: result.decode_ms, request: t1 - t0, unpack: t2 - t1, draw: t3 - t2, frame: t0 + ms - t3,
+      hovered: hovered ? 1 : 0,
     });
     status(`${S.masks.length} masks, ${ms.toFixed(0)} ms (decoder ${result.decode_ms} ms)`);
   } catch (e) { if (seq === S.seq) status(e.message); }
@@ -243,6 +254,37 @@ function bitsToRle(bits, h, w) {
   return { size: [h, w], counts };
 }
 
+// -- hover preview: what a first click there would select, asked for once the mouse rests -----------
+function hoverWanted() {
+  return $("hover").checked && S.imageId && !S.points.length && !S.box && !S.everything && !S.drag;
+}
+
+function scheduleHover(x, y) {
+  clearTimeout(S.hoverTimer);
+  if (hoverWanted()) S.hoverTimer = setTimeout(() => hoverAt(x, y), HOVER_MS);
+}
+
+// One preview request at a time; the latest resting place is asked for when it returns. A click on the
+// same spot uses this request (predict), so its mask is there as soon as the request is done.
+async function hoverAt(x, y) {
+  if (!hoverWanted() || (S.hover && S.hover.x === x && S.hover.y === y)) return;
+  if (S.hover && !S.hover.done) { S.hover.next = [x, y]; return; }
+  const hover = { x, y, done: false, next: null, bits: null };
+  hover.request = askBest({ image_id: S.imageId, points: [[x, y]], labels: [1], box: null });
+  S.hover = hover;
+  try {
+    hover.bits = unpackBits((await hover.request).masks[0].bits, S.w * S.h);
+    hover.done = true;
+  } catch (e) { hover.done = "failed"; }  // no preview; a click here asks again
+  if (S.hover !== hover) return;
+  if (hover.next) hoverAt(...hover.next); else if (hoverWanted()) draw();
+}
+
+function endHover() {
+  clearTimeout(S.hoverTimer);
+  if (S.hover) { S.hover = null; draw(); }
+}
+
 // -- drawing ----------------------------------------------------------------------------------------
 const COLOURS = Array.from({ length: 64 }, (_, i) => {
   const hue = (i * 137.5) % 360, c = 0.7, x = c * (1 - Math.abs(((hue / 60) % 2) - 1));
@@ -251,13 +293,28 @@ const COLOURS = Array.from({ length: 64 }, (_, i) => {
   return [(r + 0.3) * 255, (g + 0.3) * 255, (b + 0.3) * 255].map((v) => Math.min(255, v | 0));
 });
 
+const rgba = (r, g, b, a) => (a << 24) | (b << 16) | (g << 8) | r;
+
+// The kept objects' pixels, computed again only when the objects change (renderObjects).
+function objectLayer() {
+  if (!S.layer) {
+    S.layer = new Uint32Array(S.w * S.h);
+    const kept = rgba(40, 200, 90, 90);
+    for (const o of S.objects) for (let i = 0; i < o.bits.length; i++) if (o.bits[i]) S.layer[i] = kept;
+  }
+  return S.layer;
+}
+
+function paint(px, bits, colour) {
+  for (let i = 0; i < bits.length; i++) if (bits[i]) px[i] = colour;
+}
+
 function draw() {
   const canvas = $("overlay"), ctx = canvas.getContext("2d");
   if (!S.w) return;
-  const image = ctx.createImageData(S.w, S.h), px = new Uint32Array(image.data.buffer);
-  const rgba = (r, g, b, a) => (a << 24) | (b << 16) | (g << 8) | r;
-  const kept = rgba(40, 200, 90, 90);
-  for (const o of S.objects) for (let i = 0; i < o.bits.length; i++) if (o.bits[i]) px[i] = kept;
+  if (!S.image) S.image = ctx.createImageData(S.w, S.h);
+  const image = S.image, px = new Uint32Array(image.data.buffer);
+  if (S.objects.length) px.set(objectLayer()); else px.fill(0);
   if (S.everything) {
     const { labels } = S.everything;
     for (let i = 0; i < labels.length; i++) {
@@ -267,8 +324,9 @@ function draw() {
       px[i] = k === S.hovered ? rgba(255, 255, 255, 190) : rgba(r, g, b, 130);
     }
   } else if (S.masks[S.chosen]) {
-    const bits = S.masks[S.chosen].bits, blue = rgba(30, 144, 255, 140);
-    for (let i = 0; i < bits.length; i++) if (bits[i]) px[i] = blue;
+    paint(px, S.masks[S.chosen].bits, rgba(30, 144, 255, 140));
+  } else if (S.hover && S.hover.bits && hoverWanted()) {
+    paint(px, S.hover.bits, rgba(30, 144, 255, 80));
   }
   ctx.putImageData(image, 0, 0);
   const r = Math.max(3, 6 / S.scale);
@@ -313,6 +371,7 @@ function renderCandidates() {
 function decodedObject(o) { return { ...o, bits: rleBits(o.rle) }; }
 
 function renderObjects() {
+  S.layer = null;
   const list = $("objects");
   list.innerHTML = "";
   for (const o of S.objects) {
@@ -393,6 +452,7 @@ function bindEvents() {
   overlay.addEventListener("contextmenu", (e) => e.preventDefault());
   overlay.addEventListener("mousedown", (e) => {
     if (!S.imageId) return;
+    clearTimeout(S.hoverTimer);
     const [x, y] = imagePoint(e);
     if (e.button === 2) { change(() => S.points.push({ x, y, label: 0 })); return; }
     if (e.button === 0) S.drag = { x, y, shift: e.shiftKey, moved: false, box: null };
@@ -406,8 +466,10 @@ function bindEvents() {
     } else if (S.everything) {
       const k = S.everything.labels[(y | 0) * S.w + (x | 0)];
       if (k !== S.hovered) { S.hovered = k; draw(); }
-    }
+    } else scheduleHover(x, y);
   });
+  overlay.addEventListener("mouseleave", endHover);
+  $("hover").addEventListener("change", endHover);
   window.addEventListener("mouseup", (e) => {
     const drag = S.drag;
     S.drag = null;
