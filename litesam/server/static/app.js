@@ -96,6 +96,7 @@ async function uploadCheckpoint(file) {
 async function showBitmap(blob) {
   const bitmap = await createImageBitmap(blob);
   S.w = bitmap.width; S.h = bitmap.height; S.image = null; S.layer = null; S.hover = null;
+  S.imageId = null;  // until the new image is uploaded: no clicks or previews on the old one
   const stage = $("stage");
   S.scale = Math.min(1, (stage.clientWidth - 4) / S.w, (window.innerHeight * 0.85) / S.h);
   for (const c of [$("image"), $("overlay")]) {
@@ -159,7 +160,9 @@ async function openIndex(index) {
 }
 
 // -- prompts and masks ------------------------------------------------------------------------------
-const askBest = (prompt) => postJSON("/api/predict", { ...prompt, multimask: true, format: "bits", pick: "best" });
+const askBest = (prompt) => postJSON("/api/predict", {
+  ...prompt, multimask: true, format: "bits", pick: "best",
+});
 
 function snapshot() { return { points: S.points.map((p) => ({ ...p })), box: S.box && [...S.box] }; }
 function change(mutate) {
