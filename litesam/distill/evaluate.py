@@ -14,8 +14,8 @@ the original image frame. The IoU of two empty masks counts as 1 (the models agr
 the mean IoU over all its prompts; the report's ``miou`` is the mean over images.
 ``MiouReport.table()`` is the printable per-image table, ``MiouReport.to_dict()`` the JSON form.
 
-The prompt helpers (:func:`sample_points`, :func:`boxes_from_masks`, :func:`mask_iou`) are shared with
-decoder fine-tuning (:mod:`litesam.distill.finetune`).
+The prompt helpers (:func:`sample_points`, :func:`boxes_from_masks`, and
+:func:`litesam.utils.amg.mask_iou`) are shared with decoder fine-tuning (:mod:`litesam.distill.finetune`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..evaluation.resume import ResultLog
 from ..modeling.sam import Sam
 from ..predictor import Predictor
+from ..utils.amg import mask_iou
 from ..utils.image import ImageInput, load_image
 
 
@@ -52,14 +53,6 @@ def boxes_from_masks(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         xs = np.flatnonzero(masks[k].any(axis=0))
         boxes[row] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
     return boxes, keep
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of paired bool masks KxHxW -> K floats; two empty masks agree perfectly (IoU 1)."""
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    inter = (a & b).sum(axis=1)
-    union = (a | b).sum(axis=1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from ..errors import LitesamError
 from ..modeling.sam import PromptableModel
 from ..precision import bf16_is_fast
 from ..prompts import Prompts
+from ..utils.amg import mask_iou
 from ..utils.io import atomic_write_json
 from .cache import model_folder
 
@@ -125,9 +126,7 @@ def measure(
             continue
         if reference is None:  # the torch model, first
             reference = masks
-        inter = (masks & reference).flatten(2).sum(-1)
-        union = (masks | reference).flatten(2).sum(-1)
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float))
+        iou = mask_iou(masks.flatten(0, 1).numpy(), reference.flatten(0, 1).numpy())
         out.append(
             Measured(
                 backend,

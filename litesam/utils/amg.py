@@ -129,6 +129,14 @@ def batched_nms(
     return order[torch.from_numpy(~removed)]
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of paired bool masks KxHxW -> K floats; two empty masks agree perfectly (IoU 1)."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    inter = (a & b).sum(axis=1)
+    union = (a | b).sum(axis=1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
 def mask_to_rle(masks: torch.Tensor) -> list[np.ndarray]:
     """Bool KxHxW masks -> K int64 arrays of uncompressed RLE counts (column-major, zeros first).
 

@@ -19,23 +19,22 @@ class ModelStats:
     input_size: int
 
 
-# flags of speed-only reformulations that have a plain form: the ViT's folded relative positions, the
-# convolutions fused with their activation (oneDNN ops that a FLOP counter does not know)
-_REFORMULATIONS = ("fold_rel_pos", "onednn")
-
-
 @contextmanager
 def reference_formulation(model: nn.Module) -> Iterator[None]:
-    """Run speed-only reformulations (e.g. the ViT's folded relative positions, fused convolutions) in
-    their plain form, so FLOP counts describe the architecture rather than litesam's way of computing it."""
-    switched = [(m, flag) for m in model.modules() for flag in _REFORMULATIONS if getattr(m, flag, False)]
-    for m, flag in switched:
-        setattr(m, flag, False)
+    """Run speed-only reformulations (the ViT's folded relative positions, and the fast paths that
+    :func:`litesam.build.reference_paths` switches off, e.g. fused convolutions) in their plain form, so
+    FLOP counts describe the architecture rather than litesam's way of computing it."""
+    from ..build import reference_paths  # build imports the registry, which imports this module
+
+    folded = [m for m in model.modules() if getattr(m, "fold_rel_pos", False)]
+    for m in folded:
+        m.fold_rel_pos = False
     try:
-        yield
+        with reference_paths(model):
+            yield
     finally:
-        for m, flag in switched:
-            setattr(m, flag, True)
+        for m in folded:
+            m.fold_rel_pos = True
 
 
 def model_stats(model: nn.Module, input_size: int) -> ModelStats:

@@ -190,7 +190,7 @@ async function predict() {
       box: S.box,
     };
     const hover = S.hover, [p] = S.points;  // a first click where the mouse rested: its preview's request
-    const hovered = hover && hover.done !== "failed" && !S.box && S.points.length === 1 && p.label === 1
+    const hovered = hover && !hover.failed && !S.box && S.points.length === 1 && p.label === 1
       && p.x === hover.x && p.y === hover.y;
     const result = await (hovered ? hover.request : askBest(prompt));
     if (seq !== S.seq) return;  // a newer click is on its way
@@ -272,13 +272,13 @@ function scheduleHover(x, y) {
 async function hoverAt(x, y) {
   if (!hoverWanted() || (S.hover && S.hover.x === x && S.hover.y === y)) return;
   if (S.hover && !S.hover.done) { S.hover.next = [x, y]; return; }
-  const hover = { x, y, done: false, next: null, bits: null };
+  const hover = { x, y, done: false, failed: false, next: null, bits: null };
   hover.request = askBest({ image_id: S.imageId, points: [[x, y]], labels: [1], box: null });
   S.hover = hover;
   try {
     hover.bits = unpackBits((await hover.request).masks[0].bits, S.w * S.h);
-    hover.done = true;
-  } catch (e) { hover.done = "failed"; }  // no preview; a click here asks again
+  } catch (e) { hover.failed = true; }  // no preview; a click here asks again
+  hover.done = true;
   if (S.hover !== hover) return;
   if (hover.next) hoverAt(...hover.next); else if (hoverWanted()) draw();
 }
