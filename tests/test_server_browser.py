@@ -169,3 +169,44 @@ def test_a_resting_mouse_previews_the_mask_and_a_click_there_shows_it_at_once(tm
             assert page.evaluate(PREDICTS) == asked and page.evaluate(ALPHA_COUNT, 80) == 0
         finally:
             browser.close()
+
+
+def test_a_failed_preview_is_not_reused_and_a_failed_click_says_why(tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(png_bytes(240, 320))
+    with running() as (base, _), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-ready='1']")
+            page.set_input_files("#file", str(image))
+            page.wait_for_function("() => document.getElementById('status').textContent.includes('encoded')")
+            failing = {"left": 1}
+
+            def predict(route):  # the next `left` predictions fail as the server says an image is gone
+                if failing["left"]:
+                    failing["left"] -= 1
+                    route.fulfill(status=404, json={"detail": "no image abc: upload it again"})
+                else:
+                    route.continue_()
+
+            page.route("**/api/predict", predict)
+            box = page.locator("#overlay").bounding_box()
+            spot = (box["x"] + 100 * box["width"] / 320, box["y"] + 80 * box["width"] / 320)
+            page.mouse.move(*spot)
+            page.wait_for_function("() => S.hover && S.hover.done")  # asked, and it failed
+            assert page.evaluate(ALPHA_COUNT, 80) == 0  # no preview
+
+            page.mouse.click(*spot)  # asks again rather than reusing the failed request
+            page.wait_for_function("() => window.litesamLatencies.length === 1")
+            assert page.evaluate("() => window.litesamTimings[0].hovered") == 0
+            assert overlay_pixels(page) > 200
+
+            failing["left"] = 1
+            page.mouse.click(box["x"] + 200, box["y"] + 150, button="right")
+            page.wait_for_function(
+                "() => document.getElementById('status').textContent === 'no image abc: upload it again'"
+            )
+        finally:
+            browser.close()
